@@ -1,0 +1,35 @@
+# Two commands set everything up on a fresh machine: `make serve` and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+MODEL  ?=
+
+.PHONY: serve test bench lint clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	# torch first and pinned, so nothing later pulls a CUDA build
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/temper serve --host $(HOST) --port $(PORT) $(if $(MODEL),--model $(MODEL),)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check temper tests bench
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check temper tests bench
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m bench.engine
+	$(PY) -m bench.power
+	$(PY) -m bench.kernels
+	$(PY) -m bench.server
+
+clean:
+	rm -rf $(VENV) bench/out

@@ -1,0 +1,177 @@
+"""The Engine protocol: what every decoding strategy may ask of a language model.
+
+Token ids in, token ids out; text lives at the edges (the tokenizer is exposed for them).
+An engine samples batches of suffixes from q ∝ p^α and scores sequences under p. It owns
+batching, KV reuse and devices; strategies never see tensors or caches.
+
+Per generated token a sample carries, in float32:
+  logp  = log p(x_t | x_<t)               raw model log-prob (temperature 1, full vocabulary)
+  logq  = log q(x_t | x_<t)               under the distribution actually sampled
+  log_w = α·logp − logq                   for a pure tempered proposal this is log Z_t, the log
+                                          normaliser of p^α at that position (≤ 0 for α ≥ 1)
+MH acceptance and SMC weights need nothing else (research/power_sampling.md §2.3).
+
+This module holds the protocol and plain data types only; no engine lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+
+FinishReason = Literal["stop", "length", "abort"]
+
+# Called by an engine for every token it appends: (spec index in the call, token id).
+# Return False to end that sequence now (stop string found, client gone); it then finishes
+# with reason "stop" and keeps the token just passed.
+TokenCallback = Callable[[int, int], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class SampleSpec:
+    """One suffix to sample: continue `prefix` by up to `max_new_tokens` tokens from q ∝ p^α."""
+
+    prefix: tuple[int, ...]
+    max_new_tokens: int
+    alpha: float = 1.0  # q ∝ p^alpha, i.e. temperature 1/alpha; math.inf = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off; nucleus over q (after the temperature), as vLLM
+    stop_ids: tuple[int, ...] | None = None  # None = the engine's eos ids; () = never stop early
+    seed: int | None = None  # per-spec; same seed + same prefix = same tokens, whatever the batch
+    top_logprobs: int = 0  # also return the k most likely raw log-probs per generated token
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefix", tuple(int(t) for t in self.prefix))
+        if len(self.prefix) == 0:
+            raise ValueError("prefix: must hold at least one token id")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: must be >= 1, got {self.max_new_tokens}")
+        if not (self.alpha > 0) or math.isnan(self.alpha):
+            raise ValueError(f"alpha: must be > 0 (inf = greedy), got {self.alpha}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k: must be >= 0, got {self.top_k}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
+        if self.top_logprobs < 0:
+            raise ValueError(f"top_logprobs: must be >= 0, got {self.top_logprobs}")
+
+    @property
+    def greedy(self) -> bool:
+        return math.isinf(self.alpha)
+
+
+@dataclass(slots=True)
+class Sample:
+    """What an engine returns for one SampleSpec."""
+
+    tokens: list[int]  # new tokens; a stop/eos token that ended the sample is included
+    logp: np.ndarray  # [T] float32
+    logq: np.ndarray  # [T] float32
+    log_w: np.ndarray  # [T] float32
+    finish_reason: FinishReason
+    top_ids: np.ndarray | None = None  # [T, k] int64, when spec.top_logprobs > 0
+    top_logps: np.ndarray | None = None  # [T, k] float32
+    computed_prefix_tokens: int = 0  # prefix tokens run through the model (not from cache)
+    cached_prefix_tokens: int = 0  # prefix tokens whose KV came from the prefix cache
+    forward_passes: int = 0  # model forward calls this sample took part in
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass(slots=True)
+class Scored:
+    """Raw log-probs of sequence[start:] under the model (position j scores token j given <j)."""
+
+    logp: np.ndarray  # [L - start] float32
+    top_ids: np.ndarray | None = None  # [L - start, k] int64
+    top_logps: np.ndarray | None = None  # [L - start, k] float32
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counters since the engine started (read by metrics and benchmarks)."""
+
+    forward_passes: int = 0
+    forward_tokens: int = 0  # tokens run through the model (prefill + decode)
+    generated_tokens: int = 0
+    prefix_lookups: int = 0
+    prefix_hit_tokens: int = 0  # prefix tokens served from the cache
+    prefix_query_tokens: int = 0  # prefix tokens asked for
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        return self.prefix_hit_tokens / self.prefix_query_tokens if self.prefix_query_tokens else 0.0
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """Text edge of an engine. Chat templates come from the model."""
+
+    eos_ids: tuple[int, ...]
+    vocab_size: int
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str: ...
+
+    def apply_chat_template(
+        self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True
+    ) -> list[int]: ...
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A language model behind the decoding strategies (see the module docstring)."""
+
+    name: str
+    tokenizer: Tokenizer
+    eos_ids: tuple[int, ...]
+    max_context: int  # prefix + new tokens may not exceed this
+    stats: EngineStats
+
+    async def sample(
+        self, specs: Sequence[SampleSpec], on_token: TokenCallback | None = None
+    ) -> list[Sample]:
+        """Sample every spec; concurrent calls share forward passes. Cancelling the awaiting
+        task aborts the specs and frees their state."""
+        ...
+
+    async def score(
+        self, sequences: Sequence[Sequence[int]], start: int | Sequence[int] = 1, top_k: int = 0
+    ) -> list[Scored]:
+        """Raw log-probs of sequence[start:] for each sequence (start ≥ 1)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class ContextLengthError(ValueError):
+    """A prefix plus its new tokens do not fit the model's context."""
+
+
+def check_fits(engine_max_context: int, spec: SampleSpec) -> None:
+    """Raise ContextLengthError naming the numbers when a spec cannot fit."""
+    if len(spec.prefix) >= engine_max_context:
+        raise ContextLengthError(
+            f"prompt: {len(spec.prefix)} tokens do not fit the model's context of "
+            f"{engine_max_context} tokens (at least one new token must fit)"
+        )
+
+
+T = TypeVar("T")
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run an engine coroutine from synchronous code (scripts, benchmarks, trainers)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    raise RuntimeError("run_sync called inside a running event loop; await the coroutine instead")

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny models built on the fly (random weights, fixed seeds), loaded through
+the same path as a real Hugging Face model directory. Nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random Llama with a byte-level tokenizer and a chat template, saved as an HF dir."""
+    from temper.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def second_model_dir(tmp_path_factory):
+    """Another tiny model (different weights), e.g. an anchor or teacher."""
+    from temper.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model-2"), seed=1)
+
+
+@pytest.fixture
+def hf_engine(tiny_model_dir):
+    """A fresh HFEngine on the tiny model (fp32, CPU)."""
+    from temper.decoding.engines.hf import HFEngine
+
+    return HFEngine.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32")
+
+
+@pytest.fixture
+def toy_engine():
+    from temper.decoding.engines.toy import ToyEngine, ToyModel
+
+    return ToyEngine(ToyModel(vocab_size=4, seed=0, eos_logit=0.5))
