@@ -200,13 +200,13 @@ class ToyEngine:
             if len(seq) > self.max_context:
                 raise ContextLengthError(f"sequence: {len(seq)} tokens exceed the context")
             lps = [self.model.logprobs(tuple(seq[:j])) for j in range(s0, len(seq))]
-            logp = np.array([lp[seq[j]] for lp, j in zip(lps, range(s0, len(seq)))], dtype=np.float32)
+            logp = np.array([lp[seq[j]] for lp, j in zip(lps, range(s0, len(seq)), strict=True)], dtype=np.float32)
             sc = Scored(logp)
             if top_k:
                 order = [np.argsort(-lp, kind="stable")[:top_k] for lp in lps]
                 sc.top_ids = np.asarray(order, dtype=np.int64).reshape(len(lps), top_k)
                 sc.top_logps = np.asarray(
-                    [lp[o] for lp, o in zip(lps, order)], dtype=np.float32
+                    [lp[o] for lp, o in zip(lps, order, strict=True)], dtype=np.float32
                 ).reshape(len(lps), top_k)
             out.append(sc)
         return out

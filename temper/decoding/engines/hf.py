@@ -1,0 +1,369 @@
+"""HFEngine: the Engine protocol on Hugging Face transformers, CPU or CUDA, fp32 or bf16.
+
+- Continuous batching: every `sample` call queues its sequences; one scheduler task runs a
+  decode step for all live sequences of all callers at once (ragged lengths, left-padded KV),
+  admitting new sequences between steps.
+- KV-prefix reuse: prefixes are looked up in a radix PrefixCache; only the uncached tail is
+  prefilled. Finished sequences are inserted, so MH proposals and SMC particles that fork from
+  a cut of an earlier sample recompute nothing but the cut's last token.
+- Sampling goes through `triton_kernels.tempered_sample` with counter-based per-sequence seeds,
+  so a seeded spec draws the same tokens whatever else shares its batch.
+
+Model compute runs on one worker thread; bookkeeping and token callbacks on the event loop.
+Not a paged-attention server: KV lives in dense per-batch tensors (vLLM is the GPU engine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import secrets
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from temper.decoding.engine import EngineStats, Sample, SampleSpec, Scored, TokenCallback, check_fits
+from temper.decoding.engines.hf_batch import DecodeBatch, Job, Seq, prefill_one, top_logprobs
+from temper.decoding.engines.hf_tokenizer import HFTokenizer
+from temper.decoding.engines.prefix_cache import PrefixCache
+from temper.triton_kernels.tempered_sample import tempered_sample
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[2] / "assets" / "tiny-chat"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class EngineLoadError(ValueError):
+    """The model could not be loaded; the message says which path and why."""
+
+
+def _resolve(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    if dtype not in DTYPES:
+        raise EngineLoadError(f"dtype: must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineLoadError(f"device: {device!r} requested but CUDA is not available")
+    return torch.device(device), DTYPES[dtype]
+
+
+class HFEngine:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        name: str = "model",
+        prefix_cache_tokens: int = 65536,
+        max_batch: int = 256,
+        max_context: int | None = None,
+    ):
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.name = name
+        cfg_eos = model.generation_config.eos_token_id if model.generation_config else None
+        eos = [cfg_eos] if isinstance(cfg_eos, int) else list(cfg_eos or [])
+        if tokenizer.eos_token_id is not None:
+            eos.append(tokenizer.eos_token_id)
+        self.eos_ids = tuple(dict.fromkeys(int(e) for e in eos))
+        self.tokenizer = HFTokenizer(tokenizer, self.eos_ids)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        ctx = getattr(model.config, "max_position_embeddings", None) or 2048
+        self.max_context = min(ctx, max_context) if max_context else ctx
+        self.max_batch = max_batch
+        self.stats = EngineStats()
+        self.prefix_cache = PrefixCache(prefix_cache_tokens, seq_dim=3)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"hf-{name}")
+        self._waiting: collections.deque[Seq] = collections.deque()
+        self._batch: DecodeBatch | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        name: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        **kwargs,
+    ) -> HFEngine:
+        """Load a local HF causal-LM directory (or a hub id when online)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        dev, dt = _resolve(device, dtype)
+        path = str(path)
+        # a local path that is not a directory is a typo, not a hub id: fail before any lookup
+        looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~"))
+        if not Path(path).is_dir() and not looks_like_hub_id:
+            raise EngineLoadError(f"model: no model directory at {path!r}")
+        try:
+            tok = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dt).to(dev)
+        except Exception as exc:  # transformers raises OSError/ValueError/HTTP errors
+            raise EngineLoadError(f"model: cannot load {path!r}: {exc}") from exc
+        return cls(model, tok, name=name or Path(path).name, **kwargs)
+
+    # ---------------------------------------------------------------- public API
+
+    @property
+    def queue_depth(self) -> int:
+        """Sequences waiting or running."""
+        running = len(self._batch.live()) if self._batch is not None else 0
+        return len(self._waiting) + running
+
+    async def sample(self, specs: Sequence[SampleSpec], on_token: TokenCallback | None = None) -> list[Sample]:
+        for spec in specs:
+            check_fits(self.max_context, spec)
+        if not specs:
+            return []
+        self._ensure_worker()
+        job = Job(asyncio.get_running_loop().create_future(), on_token)
+        for i, spec in enumerate(specs):
+            seq = Seq(
+                spec=spec,
+                job=job,
+                index=i,
+                seed=spec.seed if spec.seed is not None else secrets.randbits(63),
+                limit=min(spec.max_new_tokens, self.max_context - len(spec.prefix)),
+                stops=frozenset(self.eos_ids if spec.stop_ids is None else spec.stop_ids),
+            )
+            job.seqs.append(seq)
+            self._waiting.append(seq)
+        job.remaining = len(job.seqs)
+        self._wake.set()
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            job.cancelled = True  # the scheduler drops its sequences before the next step
+            self._wake.set()
+            raise
+
+    async def score(
+        self, sequences: Sequence[Sequence[int]], start: int | Sequence[int] = 1, top_k: int = 0
+    ) -> list[Scored]:
+        starts = [start] * len(sequences) if isinstance(start, int) else list(start)
+        if len(starts) != len(sequences):
+            raise ValueError("start: need one start per sequence")
+        for seq, s0 in zip(sequences, starts, strict=True):
+            if not 1 <= s0 <= len(seq):
+                raise ValueError(f"start: must be in [1, {len(seq)}], got {s0}")
+            if len(seq) > self.max_context:
+                from temper.decoding.engine import ContextLengthError
+
+                raise ContextLengthError(
+                    f"sequence: {len(seq)} tokens exceed the model's context of {self.max_context}"
+                )
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._score, [list(s) for s in sequences], starts, top_k)
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ---------------------------------------------------------------- scheduler
+
+    def _ensure_worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._task is not None and self._loop is loop and not self._task.done():
+            return
+        # a new event loop (e.g. successive asyncio.run calls): state of the old one is dead
+        self._waiting.clear()
+        self._batch = None
+        self._loop, self._wake = loop, asyncio.Event()
+        self._task = loop.create_task(self._run(), name=f"hf-engine-{self.name}")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._drop_cancelled()
+            if not self._waiting and (self._batch is None or not self._batch.live()):
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                events = await loop.run_in_executor(self._pool, self._step)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # fail the callers, keep serving
+                log.exception("engine step failed")
+                self._fail_all(exc)
+                continue
+            self._deliver(events)
+
+    def _drop_cancelled(self) -> None:
+        if any(s.job.cancelled for s in self._waiting):
+            self._waiting = collections.deque(s for s in self._waiting if not s.job.cancelled)
+        if self._batch is not None:
+            for s in self._batch.rows:
+                if s.job.cancelled and not s.done:
+                    s.finish("abort")
+                    s.uncacheable = True
+
+    def _fail_all(self, exc: Exception) -> None:
+        jobs = {id(s.job): s.job for s in self._waiting}
+        if self._batch is not None:
+            jobs.update({id(s.job): s.job for s in self._batch.rows})
+        self._waiting.clear()
+        self._batch = None
+        for job in jobs.values():
+            if not job.future.done():
+                job.future.set_exception(exc)
+
+    def _deliver(self, events: list[tuple[Seq, int]]) -> None:
+        """Run token callbacks (event-loop side) and resolve finished calls."""
+        for seq, tok in events:
+            job = seq.job
+            if job.on_token is not None and not job.cancelled:
+                try:
+                    go_on = job.on_token(seq.index, tok)
+                except Exception as exc:
+                    job.cancelled = True
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                    continue
+                if not go_on and not seq.done:
+                    seq.finish("stop")
+            if seq.done and not seq.reported:
+                seq.reported = True
+                job.remaining -= 1
+                if job.remaining == 0 and not job.future.done():
+                    job.future.set_result([s.result() for s in job.seqs])
+
+    # ---------------------------------------------------------------- worker thread
+
+    @torch.inference_mode()
+    def _step(self) -> list[tuple[Seq, int]]:
+        """One scheduling step: retire finished rows, admit and prefill new sequences, then
+        one decode step for every live row. Returns (sequence, token) for each new token."""
+        events: list[tuple[Seq, int]] = []
+        batch = self._batch
+        if batch is not None:
+            for row in batch.rows:
+                if row.done and not row.retired:
+                    self._retire(row, batch)
+        room = self.max_batch - (len(batch.live()) if batch is not None else 0)
+        admitted: list[Seq] = []
+        while self._waiting and room > 0:
+            seq = self._waiting.popleft()
+            if seq.job.cancelled:
+                continue
+            admitted.append(seq)
+            room -= 1
+        if admitted:
+            events += self._admit(admitted)
+        joining = [s for s in admitted if not s.done]
+        if joining or (batch is not None and batch.needs_compaction()):
+            self._batch = batch = DecodeBatch.build(
+                (batch.live() if batch is not None else []) + joining, batch, self.pad_id
+            )
+        if batch is not None and batch.live():
+            logits = batch.forward(self.model)  # [B, V]
+            self.stats.forward_passes += 1
+            self.stats.forward_tokens += len(batch.rows)
+            events += self._sample_rows(batch.rows, logits, only_live=True)
+        for s, _ in events:
+            if s.done and not s.retired and s.kv is not None:  # finished at its first token
+                s.retired = True
+                s.kv = None
+        return events
+
+    def _admit(self, seqs: list[Seq]) -> list[tuple[Seq, int]]:
+        """Prefill each distinct prefix once (siblings share it), then draw first tokens."""
+        by_prefix: dict[tuple[int, ...], list[Seq]] = {}
+        for s in seqs:
+            by_prefix.setdefault(s.spec.prefix, []).append(s)
+        rows, logits = [], []
+        for prefix, group in by_prefix.items():
+            kv, last_logits, cached = prefill_one(self.model, self.prefix_cache, prefix, self.device)
+            self.stats.forward_passes += 1
+            self.stats.forward_tokens += len(prefix) - cached
+            self.stats.prefix_lookups += 1
+            self.stats.prefix_query_tokens += len(prefix)
+            self.stats.prefix_hit_tokens += cached
+            for s in group:
+                s.kv, s.kv_len = kv, len(prefix)
+                s.cached_prefix, s.computed_prefix = cached, len(prefix) - cached
+                rows.append(s)
+                logits.append(last_logits)
+        return self._sample_rows(rows, torch.stack(logits), only_live=False)
+
+    def _sample_rows(self, rows: list[Seq], logits: torch.Tensor, only_live: bool) -> list[tuple[Seq, int]]:
+        """Draw one token for each (live) row from logits [B, V]; append and check stops."""
+        idx = [i for i, r in enumerate(rows) if not (only_live and r.done)]
+        if not idx:
+            return []
+        sel = [rows[i] for i in idx]
+        lg = logits[idx] if len(idx) != len(rows) else logits
+        dev = lg.device
+        out = tempered_sample(
+            lg,
+            torch.tensor([r.spec.alpha for r in sel], dtype=torch.float32, device=dev),
+            torch.tensor([r.seed for r in sel], dtype=torch.int64, device=dev),
+            torch.tensor([r.position for r in sel], dtype=torch.int64, device=dev),
+            torch.tensor([r.spec.top_k for r in sel], dtype=torch.int64, device=dev),
+            torch.tensor([r.spec.top_p for r in sel], dtype=torch.float32, device=dev),
+        )
+        tok, lp, lq, lw = (t.tolist() for t in (out.token, out.logp, out.logq, out.log_w))
+        want_top = [j for j, r in enumerate(sel) if r.spec.top_logprobs]
+        tops = top_logprobs(lg[want_top], max(sel[j].spec.top_logprobs for j in want_top)) if want_top else None
+        events = []
+        for j, r in enumerate(sel):
+            r.append(tok[j], lp[j], lq[j], lw[j])
+            if tops is not None and j in want_top:
+                k = r.spec.top_logprobs
+                pos = want_top.index(j)
+                r.top_ids.append(tops[0][pos, :k].numpy())
+                r.top_lps.append(tops[1][pos, :k].numpy())
+            if tok[j] in r.stops:
+                r.finish("stop")
+            elif len(r.tokens) >= r.limit:
+                r.finish("length")
+            events.append((r, tok[j]))
+        self.stats.generated_tokens += len(sel)
+        return events
+
+    def _retire(self, row: Seq, batch: DecodeBatch) -> None:
+        """A finished row: keep its KV (prefix + all but the last token) in the prefix cache."""
+        row.retired = True
+        if row.uncacheable or not self.prefix_cache.enabled:
+            return
+        kv = batch.row_kv(row)
+        self.prefix_cache.insert(row.spec.prefix + tuple(row.tokens), kv)
+
+    @torch.inference_mode()
+    def _score(self, seqs: list[list[int]], starts: list[int], top_k: int) -> list[Scored]:
+        out: list[Scored] = []
+        for lo in range(0, len(seqs), max(1, self.max_batch)):
+            chunk = seqs[lo : lo + self.max_batch]
+            L = max(len(s) for s in chunk)
+            ids = torch.full((len(chunk), L), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), L), dtype=torch.long)
+            for i, s in enumerate(chunk):  # right-padded: positions are the natural ones
+                ids[i, : len(s)] = torch.tensor(s)
+                mask[i, : len(s)] = 1
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            self.stats.forward_passes += 1
+            self.stats.forward_tokens += int(mask.sum())
+            lps = torch.log_softmax(logits.float(), dim=-1)  # [B, L, V]
+            for i, s in enumerate(chunk):
+                s0 = starts[lo + i]
+                rows = lps[i, s0 - 1 : len(s) - 1]  # row j predicts token j + 1
+                tgt = torch.tensor(s[s0:], device=rows.device)
+                sc = Scored(rows.gather(1, tgt[:, None])[:, 0].cpu().numpy().astype(np.float32))
+                if top_k:
+                    v, ix = rows.topk(min(top_k, rows.shape[-1]), dim=-1)
+                    sc.top_ids, sc.top_logps = ix.cpu().numpy(), v.cpu().numpy().astype(np.float32)
+                out.append(sc)
+        return out

@@ -1,0 +1,210 @@
+"""The HF engine's per-sequence state and its batched KV cache (dense, left-padded).
+
+A DecodeBatch holds every running sequence's KV right-aligned in one transformers
+DynamicCache: [B, kv_heads, Lb, head_dim] per layer, with an attention mask for the left
+padding and explicit position ids, so rows of different lengths share each forward pass.
+It is rebuilt (rows re-packed) only when sequences join or enough of them have finished.
+
+KV blocks handed to the prefix cache are [layers, 2, kv_heads, tokens, head_dim].
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from temper.decoding.engine import Sample, SampleSpec
+from temper.decoding.engines.prefix_cache import PrefixCache
+
+
+@dataclass(eq=False)
+class Job:
+    """One `sample` call: its future, callback and sequences."""
+
+    future: asyncio.Future
+    on_token: object = None
+    seqs: list[Seq] = field(default_factory=list)
+    remaining: int = 0
+    cancelled: bool = False
+
+
+@dataclass(eq=False)
+class Seq:
+    """One spec in flight."""
+
+    spec: SampleSpec
+    job: Job
+    index: int  # position of the spec in its call
+    seed: int
+    limit: int  # new-token budget after clamping to the context
+    stops: frozenset[int]
+    tokens: list[int] = field(default_factory=list)
+    logp: list[float] = field(default_factory=list)
+    logq: list[float] = field(default_factory=list)
+    log_w: list[float] = field(default_factory=list)
+    top_ids: list[np.ndarray] = field(default_factory=list)
+    top_lps: list[np.ndarray] = field(default_factory=list)
+    kv: torch.Tensor | None = None  # prefix KV between prefill and joining a batch
+    kv_len: int = 0  # tokens whose KV exists (prefix + forwarded tokens)
+    done: bool = False
+    reason: str = "length"
+    retired: bool = False  # finished and its KV handed to the prefix cache (or dropped)
+    reported: bool = False  # counted as finished towards its job
+    uncacheable: bool = False  # aborted: do not cache its KV
+    cached_prefix: int = 0
+    computed_prefix: int = 0
+    forward_passes: int = 0
+
+    @property
+    def position(self) -> int:
+        """Absolute index of the next token to sample (the RNG offset)."""
+        return len(self.spec.prefix) + len(self.tokens)
+
+    def append(self, tok: int, lp: float, lq: float, lw: float) -> None:
+        self.tokens.append(tok)
+        self.logp.append(lp)
+        self.logq.append(lq)
+        self.log_w.append(lw)
+        self.forward_passes += 1
+
+    def finish(self, reason: str) -> None:
+        self.done, self.reason = True, reason
+
+    def result(self) -> Sample:
+        f32 = lambda x: np.asarray(x, dtype=np.float32)
+        s = Sample(
+            tokens=list(self.tokens),
+            logp=f32(self.logp),
+            logq=f32(self.logq),
+            log_w=f32(self.log_w),
+            finish_reason=self.reason,
+            computed_prefix_tokens=self.computed_prefix,
+            cached_prefix_tokens=self.cached_prefix,
+            forward_passes=self.forward_passes,
+        )
+        if self.spec.top_logprobs:
+            s.top_ids = np.stack(self.top_ids).astype(np.int64)
+            s.top_logps = np.stack(self.top_lps).astype(np.float32)
+        return s
+
+
+def cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) per layer, each [B, kv_heads, L, head_dim], across transformers versions."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache, strict=True))
+
+
+def new_cache(kv: torch.Tensor):
+    """A DynamicCache from stacked KV [layers, 2, B, kv_heads, L, head_dim]."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for layer in range(kv.shape[0]):
+        cache.update(kv[layer, 0], kv[layer, 1], layer)
+    return cache
+
+
+def prefill_one(
+    model, prefix_cache: PrefixCache, prefix: tuple[int, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Run the uncached tail of `prefix` → (KV [layers, 2, H, L, D], last logits [V] f32,
+    tokens served from the cache). At least the last token is recomputed: its logits are needed."""
+    L = len(prefix)
+    m, kv = prefix_cache.match(prefix, limit=L - 1)
+    past = new_cache(kv[:, :, None]) if m else new_cache_empty()
+    pos = torch.arange(m, L, device=device)
+    out = model(
+        input_ids=torch.tensor([prefix[m:]], device=device),
+        position_ids=pos[None],
+        past_key_values=past,
+        cache_position=pos,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    full = torch.stack([torch.stack([k[0], v[0]]) for k, v in cache_layers(out.past_key_values)])
+    prefix_cache.insert(prefix, full)
+    return full, out.logits[0, -1].float(), m
+
+
+def new_cache_empty():
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
+def top_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k most likely raw tokens per row of logits [n, V] → (ids [n, k], log-probs [n, k])."""
+    v, ix = torch.log_softmax(logits.float(), dim=-1).topk(min(k, logits.shape[-1]), dim=-1)
+    return ix.cpu(), v.cpu()
+
+
+class DecodeBatch:
+    """Running rows sharing one left-padded DynamicCache."""
+
+    def __init__(self, rows: list[Seq], cache, attn: torch.Tensor, pad_id: int):
+        self.rows = rows
+        self.cache = cache
+        self.attn = attn  # [B, Lb] 1 = real token, 0 = padding
+        self.pad_id = pad_id
+        self._slot = {id(r): i for i, r in enumerate(rows)}
+
+    @property
+    def length(self) -> int:
+        return self.attn.shape[1]
+
+    def live(self) -> list[Seq]:
+        return [r for r in self.rows if not r.done]
+
+    def needs_compaction(self) -> bool:
+        dead = sum(r.done for r in self.rows)
+        return dead > 0 and 2 * dead >= len(self.rows)
+
+    def row_kv(self, row: Seq) -> torch.Tensor:
+        """The row's valid KV, [layers, 2, H, kv_len, D] (a copy)."""
+        i, n = self._slot[id(row)], row.kv_len
+        return torch.stack(
+            [torch.stack([k[i, :, -n:], v[i, :, -n:]]) for k, v in cache_layers(self.cache)]
+        )
+
+    @classmethod
+    def build(cls, rows: list[Seq], old: DecodeBatch | None, pad_id: int) -> DecodeBatch:
+        """Pack rows right-aligned: rows already batched bring their KV from `old`, new rows
+        their prefill KV."""
+        kvs = [r.kv if r.kv is not None else old.row_kv(r) for r in rows]
+        Lb = max(r.kv_len for r in rows)
+        nl, _, H, _, D = kvs[0].shape
+        ref = kvs[0]
+        packed = ref.new_zeros((nl, 2, len(rows), H, Lb, D))
+        attn = torch.zeros((len(rows), Lb), dtype=torch.long, device=ref.device)
+        for i, (r, kv) in enumerate(zip(rows, kvs, strict=True)):
+            packed[:, :, i, :, Lb - r.kv_len :] = kv
+            attn[i, Lb - r.kv_len :] = 1
+            r.kv = None
+        return cls(rows, new_cache(packed), attn, pad_id)
+
+    def forward(self, model) -> torch.Tensor:
+        """Feed every row's last token; returns next-token logits [B, V] in fp32."""
+        dev = self.attn.device
+        ids = torch.tensor(
+            [[r.tokens[-1] if not r.done else self.pad_id] for r in self.rows], device=dev
+        )
+        pos = torch.tensor([[r.kv_len] for r in self.rows], device=dev)
+        self.attn = torch.cat([self.attn, torch.ones_like(self.attn[:, :1])], dim=1)
+        Lb = self.attn.shape[1]
+        out = model(
+            input_ids=ids,
+            attention_mask=self.attn,
+            position_ids=pos,
+            past_key_values=self.cache,
+            cache_position=torch.arange(Lb - 1, Lb, device=dev),
+            use_cache=True,
+        )
+        self.cache = out.past_key_values
+        for r in self.rows:
+            if not r.done:
+                r.kv_len += 1
+        return out.logits[:, -1].float()

@@ -1,0 +1,126 @@
+"""HFEngine specifics: exact log-probs, prefix reuse, batching, loading errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from temper.decoding.engine import SampleSpec
+from temper.decoding.engines.hf import EngineLoadError, HFEngine
+
+
+def chat_prompt(engine, text="tell me"):
+    return tuple(engine.tokenizer.apply_chat_template([{"role": "user", "content": text}]))
+
+
+def count_model_tokens(engine):
+    """Count tokens entering the model via a hook on the input embeddings."""
+    counter = {"tokens": 0}
+
+    def hook(_module, args):
+        counter["tokens"] += args[0].numel()
+
+    engine.model.get_input_embeddings().register_forward_pre_hook(hook)
+    return counter
+
+
+@pytest.mark.parametrize("alpha", [1.0, 4.0])
+async def test_logp_and_log_normaliser_match_fresh_forward(hf_engine, alpha):
+    p = chat_prompt(hf_engine)
+    out = await hf_engine.sample([SampleSpec(p, 12, alpha=alpha, seed=s, stop_ids=()) for s in range(3)])
+    for s in out:
+        full = torch.tensor([list(p) + s.tokens])
+        with torch.no_grad():
+            logits = hf_engine.model(full).logits[0, len(p) - 1 : -1].float()  # [T, V]
+        lp = torch.log_softmax(logits, -1)
+        ref_logp = lp.gather(1, torch.tensor(s.tokens)[:, None])[:, 0].numpy()
+        np.testing.assert_allclose(s.logp, ref_logp, atol=1e-4)
+        ref_logz = (torch.logsumexp(alpha * logits, -1) - alpha * torch.logsumexp(logits, -1)).numpy()
+        np.testing.assert_allclose(s.log_w, ref_logz, atol=1e-4)
+        np.testing.assert_allclose(s.log_w, alpha * s.logp - s.logq, atol=1e-4)
+
+
+async def test_prefix_reuse_computes_only_new_positions(tiny_model_dir):
+    eng = HFEngine.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32")
+    counter = count_model_tokens(eng)
+    p = chat_prompt(eng)
+    base = (await eng.sample([SampleSpec(p, 40, seed=1, stop_ids=())]))[0]
+    # resample suffixes from cuts inside the generated part: the prefix is cached, so only the
+    # cut's last token is recomputed (its logits are needed), then one token per decode step
+    for cut in (5, 17, 33):
+        before = counter["tokens"]
+        prefix = p + tuple(base.tokens[:cut])
+        s = (await eng.sample([SampleSpec(prefix, 4, seed=9, stop_ids=())]))[0]
+        assert s.cached_prefix_tokens == len(prefix) - 1
+        assert s.computed_prefix_tokens == 1
+        assert counter["tokens"] - before == 1 + (len(s.tokens) - 1)
+
+    # same seed, cache disabled: same tokens, but the whole prefix is recomputed
+    cold = HFEngine.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32", prefix_cache_tokens=0)
+    cold_counter = count_model_tokens(cold)
+    prefix = p + tuple(base.tokens[:17])
+    warm_s = (await eng.sample([SampleSpec(prefix, 8, seed=21, stop_ids=())]))[0]
+    cold_s = (await cold.sample([SampleSpec(prefix, 8, seed=21, stop_ids=())]))[0]
+    assert warm_s.tokens == cold_s.tokens
+    np.testing.assert_allclose(warm_s.logp, cold_s.logp, atol=1e-4)
+    assert cold_s.cached_prefix_tokens == 0
+    assert cold_counter["tokens"] == len(prefix) + len(cold_s.tokens) - 1
+
+
+async def test_siblings_run_as_one_batch(hf_engine):
+    p = chat_prompt(hf_engine)
+    before = hf_engine.stats.forward_passes
+    out = await hf_engine.sample([SampleSpec(p, 10, seed=s, stop_ids=()) for s in range(8)])
+    assert all(len(o.tokens) == 10 for o in out)
+    # one prefill shared by the 8 siblings, then one batched pass per further token
+    assert hf_engine.stats.forward_passes - before == 1 + 9
+
+
+async def test_ragged_prefixes_batched_agree_with_solo(hf_engine, tiny_model_dir):
+    p = chat_prompt(hf_engine, "a longer question here")
+    specs = [SampleSpec(p[: 6 + 3 * i], 7, alpha=2.0, seed=40 + i, stop_ids=()) for i in range(4)]
+    together = await hf_engine.sample(specs)
+    solo_engine = HFEngine.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32", prefix_cache_tokens=0)
+    for spec, t in zip(specs, together, strict=True):
+        alone = (await solo_engine.sample([spec]))[0]
+        assert alone.tokens == t.tokens
+        np.testing.assert_allclose(alone.logp, t.logp, atol=1e-4)
+
+
+async def test_prefix_cache_budget_is_enforced(tiny_model_dir):
+    eng = HFEngine.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32", prefix_cache_tokens=64)
+    p = chat_prompt(eng)
+    for s in range(5):
+        await eng.sample([SampleSpec(p + (s,), 30, seed=s, stop_ids=())])
+    assert eng.prefix_cache.total_tokens <= 64
+
+
+def test_unknown_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(EngineLoadError, match="no model directory"):
+        HFEngine.from_pretrained(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EngineLoadError, match="cannot load"):
+        HFEngine.from_pretrained(str(tmp_path / "empty"))
+    with pytest.raises(EngineLoadError, match="dtype"):
+        HFEngine.from_pretrained(str(tmp_path / "empty"), dtype="float8")
+
+
+async def test_bf16_loads_and_samples(tiny_model_dir):
+    eng = HFEngine.from_pretrained(str(tiny_model_dir), device="cpu", dtype="bfloat16")
+    s = (await eng.sample([SampleSpec(chat_prompt(eng), 5, seed=0, stop_ids=())]))[0]
+    assert len(s.tokens) == 5 and s.logp.dtype == np.float32
+
+
+def test_default_model_is_bundled():
+    from temper.decoding.engines.hf import DEFAULT_MODEL_PATH
+
+    assert (DEFAULT_MODEL_PATH / "config.json").is_file()
+    assert (DEFAULT_MODEL_PATH / "tokenizer.json").is_file()
+
+
+@pytest.mark.gpu
+async def test_cuda_bf16_matches_cpu_tokens_mostly(tiny_model_dir):
+    eng = HFEngine.from_pretrained(str(tiny_model_dir), device="cuda", dtype="float32")
+    s = (await eng.sample([SampleSpec(chat_prompt(eng), 8, seed=0, stop_ids=())]))[0]
+    assert len(s.tokens) == 8
