@@ -93,7 +93,8 @@ def main() -> None:
             theirs = hf_generate_tps(eng, prompt, batch, a.tokens, a.reps)
             result["throughput"][f"batch_{batch}"] = {
                 "temper_tokens_per_s": ours, "hf_generate_tokens_per_s": theirs, "ratio": ours / theirs}
-            print(f"batch {batch:2d}: temper {ours:8.1f} tok/s   generate {theirs:8.1f} tok/s   ratio {ours / theirs:.2f}x")
+            print(f"batch {batch:2d}: temper {ours:8.1f} tok/s  generate {theirs:8.1f} tok/s  "
+                  f"ratio {ours / theirs:.2f}x")
 
         rng = np.random.default_rng(0)
         cuts = sorted(int(c) for c in rng.integers(1, 512, size=a.cuts))
