@@ -124,3 +124,21 @@ async def test_cuda_bf16_matches_cpu_tokens_mostly(tiny_model_dir):
     eng = HFEngine.from_pretrained(str(tiny_model_dir), device="cuda", dtype="float32")
     s = (await eng.sample([SampleSpec(chat_prompt(eng), 8, seed=0, stop_ids=())]))[0]
     assert len(s.tokens) == 8
+
+
+async def test_batched_prefill_mixing_cached_and_fresh_prefixes(tiny_model_dir):
+    warm = HFEngine.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32")
+    cold = HFEngine.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32", prefix_cache_tokens=0)
+    p = chat_prompt(warm)
+    base = (await warm.sample([SampleSpec(p, 30, seed=3, stop_ids=())]))[0]
+    specs = [SampleSpec(p + tuple(base.tokens[:c]), 6, alpha=4.0, seed=c, stop_ids=()) for c in (2, 11, 25)]
+    specs.append(SampleSpec(chat_prompt(warm, "something else entirely"), 6, seed=99, stop_ids=()))
+    passes = warm.stats.forward_passes
+    together = await warm.sample(specs)
+    assert warm.stats.forward_passes - passes == 6  # one batched prefill + 5 decode steps
+    assert [s.computed_prefix_tokens for s in together[:3]] == [1, 1, 1]
+    assert together[3].computed_prefix_tokens > 5  # only the chat-template opening was cached
+    for spec, t in zip(specs, together, strict=True):
+        alone = (await cold.sample([spec]))[0]
+        assert alone.tokens == t.tokens
+        np.testing.assert_allclose(alone.log_w, t.log_w, atol=1e-4)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from temper.decoding.engine import EngineStats, Sample, SampleSpec, Scored, TokenCallback, check_fits
-from temper.decoding.engines.hf_batch import DecodeBatch, Job, Seq, prefill_one, top_logprobs
+from temper.decoding.engines.hf_batch import DecodeBatch, Job, Seq, prefill, prefill_groups, top_logprobs
 from temper.decoding.engines.hf_tokenizer import HFTokenizer
 from temper.decoding.engines.prefix_cache import PrefixCache
 from temper.triton_kernels.tempered_sample import tempered_sample
@@ -284,19 +284,23 @@ class HFEngine:
         by_prefix: dict[tuple[int, ...], list[Seq]] = {}
         for s in seqs:
             by_prefix.setdefault(s.spec.prefix, []).append(s)
+        prefixes = list(by_prefix)
+        hits = [self.prefix_cache.match(p, limit=len(p) - 1) for p in prefixes]
         rows, logits = [], []
-        for prefix, group in by_prefix.items():
-            kv, last_logits, cached = prefill_one(self.model, self.prefix_cache, prefix, self.device)
+        for idx in prefill_groups([len(p) - h[0] for p, h in zip(prefixes, hits, strict=True)]):
+            chunk = [prefixes[i] for i in idx]
+            results = prefill(self.model, self.prefix_cache, chunk, [hits[i] for i in idx], self.device, self.pad_id)
             self.stats.forward_passes += 1
-            self.stats.forward_tokens += len(prefix) - cached
-            self.stats.prefix_lookups += 1
-            self.stats.prefix_query_tokens += len(prefix)
-            self.stats.prefix_hit_tokens += cached
-            for s in group:
-                s.kv, s.kv_len = kv, len(prefix)
-                s.cached_prefix, s.computed_prefix = cached, len(prefix) - cached
-                rows.append(s)
-                logits.append(last_logits)
+            for prefix, (kv, last_logits, cached) in zip(chunk, results, strict=True):
+                self.stats.forward_tokens += len(prefix) - cached
+                self.stats.prefix_lookups += 1
+                self.stats.prefix_query_tokens += len(prefix)
+                self.stats.prefix_hit_tokens += cached
+                for s in by_prefix[prefix]:
+                    s.kv, s.kv_len = kv, len(prefix)
+                    s.cached_prefix, s.computed_prefix = cached, len(prefix) - cached
+                    rows.append(s)
+                    logits.append(last_logits)
         return self._sample_rows(rows, torch.stack(logits), only_live=False)
 
     def _sample_rows(self, rows: list[Seq], logits: torch.Tensor, only_live: bool) -> list[tuple[Seq, int]]:

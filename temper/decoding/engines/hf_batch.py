@@ -108,32 +108,87 @@ def new_cache(kv: torch.Tensor):
     return cache
 
 
-def prefill_one(
-    model, prefix_cache: PrefixCache, prefix: tuple[int, ...], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Run the uncached tail of `prefix` → (KV [layers, 2, H, L, D], last logits [V] f32,
-    tokens served from the cache). At least the last token is recomputed: its logits are needed."""
-    L = len(prefix)
-    m, kv = prefix_cache.match(prefix, limit=L - 1)
-    past = new_cache(kv[:, :, None]) if m else new_cache_empty()
-    pos = torch.arange(m, L, device=device)
+def prefill(
+    model,
+    prefix_cache: PrefixCache,
+    prefixes: list[tuple[int, ...]],
+    hits: list[tuple[int, torch.Tensor | None]],
+    device: torch.device,
+    pad_id: int,
+) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Run the uncached tails of several prefixes in one forward pass.
+
+    `hits` are the prefix-cache matches (tokens, KV) of each prefix, at most len - 1 long: the
+    last token is always recomputed, its logits are needed. Returns per prefix: (KV [layers, 2,
+    H, L, D], last-position logits [V] f32, tokens served from the cache).
+
+    Layout per row: [left pad | cached m_i] as the past, then [new n_i | right pad] as input.
+    Right padding keeps every query's row non-empty (a fully masked row would give NaN keys
+    that poison later layers), and `logits_to_keep` picks each row's last real position.
+    """
+    B = len(prefixes)
+    m = [h[0] for h in hits]
+    n = [len(p) - mi for p, mi in zip(prefixes, m, strict=True)]
+    P, N = max(m), max(n)
+    ids = torch.full((B, N), pad_id, dtype=torch.long)
+    pos = torch.zeros((B, N), dtype=torch.long)
+    attn = torch.zeros((B, P + N), dtype=torch.long)
+    for i, (p, mi, ni) in enumerate(zip(prefixes, m, n, strict=True)):
+        ids[i, :ni] = torch.tensor(p[mi:])
+        pos[i, :ni] = torch.arange(mi, mi + ni)
+        attn[i, P - mi : P + ni] = 1
+    if P:
+        ref = next(h[1] for h in hits if h[1] is not None)
+        nl, _, H, _, D = ref.shape
+        past_kv = ref.new_zeros((nl, 2, B, H, P, D))
+        for i, (mi, kv) in enumerate(zip(m, (h[1] for h in hits), strict=True)):
+            if mi:
+                past_kv[:, :, i, :, P - mi :] = kv
+        past = new_cache(past_kv)
+    else:
+        past = new_cache_empty()
+    keep = sorted(set(ni - 1 for ni in n))
     out = model(
-        input_ids=torch.tensor([prefix[m:]], device=device),
-        position_ids=pos[None],
+        input_ids=ids.to(device),
+        attention_mask=attn.to(device),
+        position_ids=pos.to(device),
         past_key_values=past,
-        cache_position=pos,
+        cache_position=torch.arange(P, P + N, device=device),
         use_cache=True,
-        logits_to_keep=1,
+        logits_to_keep=torch.tensor(keep, device=device),
     )
-    full = torch.stack([torch.stack([k[0], v[0]]) for k, v in cache_layers(out.past_key_values)])
-    prefix_cache.insert(prefix, full)
-    return full, out.logits[0, -1].float(), m
+    layers = cache_layers(out.past_key_values)
+    results = []
+    for i, (p, mi, ni) in enumerate(zip(prefixes, m, n, strict=True)):
+        # the row's real positions: cached [P - m_i, P) then new [P, P + n_i)
+        kv = torch.stack([torch.stack([k[i, :, P - mi : P + ni], v[i, :, P - mi : P + ni]]) for k, v in layers])
+        prefix_cache.insert(p, kv)
+        results.append((kv, out.logits[i, keep.index(ni - 1)].float(), mi))
+    return results
 
 
 def new_cache_empty():
     from transformers import DynamicCache
 
     return DynamicCache()
+
+
+def prefill_groups(lengths: list[int], slack: int = 256) -> list[list[int]]:
+    """Indices grouped for batched prefill so padding stays small: sorted by new-token count,
+    a group grows while its padded size stays within twice its real tokens plus `slack`."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        trial = cur + [i]
+        real = sum(lengths[j] for j in trial)
+        if cur and len(trial) * lengths[i] > 2 * real + slack:
+            groups.append(cur)
+            trial = [i]
+        cur = trial
+    if cur:
+        groups.append(cur)
+    return groups
 
 
 def top_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
