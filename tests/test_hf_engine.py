@@ -142,3 +142,13 @@ async def test_batched_prefill_mixing_cached_and_fresh_prefixes(tiny_model_dir):
         alone = (await cold.sample([spec]))[0]
         assert alone.tokens == t.tokens
         np.testing.assert_allclose(alone.log_w, t.log_w, atol=1e-4)
+
+
+async def test_callback_stop_on_first_token_keeps_exactly_one(hf_engine):
+    p = chat_prompt(hf_engine)
+    out = await hf_engine.sample([SampleSpec(p, 10, seed=1, stop_ids=())], lambda i, t: False)
+    assert len(out[0].tokens) == 1 and out[0].finish_reason == "stop"
+    assert out[0].logp.shape == (1,)
+    # the engine keeps serving, and the cached KV matches the kept tokens
+    again = await hf_engine.sample([SampleSpec(p + tuple(out[0].tokens), 3, seed=2, stop_ids=())])
+    assert len(again[0].tokens) == 3

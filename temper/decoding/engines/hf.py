@@ -222,9 +222,18 @@ class HFEngine:
                 job.future.set_exception(exc)
 
     def _deliver(self, events: list[tuple[Seq, int]]) -> None:
-        """Run token callbacks (event-loop side) and resolve finished calls."""
+        """Run token callbacks (event-loop side) and resolve finished calls. A step can append
+        two tokens to a new row (prefill, then decode); when the callback stops a row at the
+        first, the second is dropped so the row ends exactly at the token the callback saw."""
+        per_seq = collections.Counter(id(s) for s, _ in events)
+        seen: dict[int, int] = {}  # id(seq) -> its token count at the event being delivered
+        cut: set[int] = set()
         for seq, tok in events:
             job = seq.job
+            key = id(seq)
+            if key in cut:
+                continue
+            seen[key] = seen.get(key, len(seq.tokens) - per_seq[key]) + 1
             if job.on_token is not None and not job.cancelled:
                 try:
                     go_on = job.on_token(seq.index, tok)
@@ -233,8 +242,13 @@ class HFEngine:
                     if not job.future.done():
                         job.future.set_exception(exc)
                     continue
-                if not go_on and not seq.done:
-                    seq.finish("stop")
+                if not go_on:
+                    cut.add(key)
+                    seq.truncate(seen[key])
+                    if not seq.done:
+                        seq.finish("stop")
+        for seq, _ in events:
+            job = seq.job
             if seq.done and not seq.reported:
                 seq.reported = True
                 job.remaining -= 1
@@ -343,8 +357,9 @@ class HFEngine:
         row.retired = True
         if row.uncacheable or not self.prefix_cache.enabled:
             return
-        kv = batch.row_kv(row)
-        self.prefix_cache.insert(row.spec.prefix + tuple(row.tokens), kv)
+        kv = batch.row_kv(row)  # may hold a token past a callback's cut: trim to the tokens kept
+        n = min(kv.shape[3], len(row.spec.prefix) + len(row.tokens))
+        self.prefix_cache.insert(row.spec.prefix + tuple(row.tokens), kv[:, :, :, :n])
 
     @torch.inference_mode()
     def _score(self, seqs: list[list[int]], starts: list[int], top_k: int) -> list[Scored]:

@@ -70,6 +70,11 @@ class Seq:
         self.log_w.append(lw)
         self.forward_passes += 1
 
+    def truncate(self, n: int) -> None:
+        """Keep the first n new tokens (a callback stopped the row there)."""
+        for lst in (self.tokens, self.logp, self.logq, self.log_w, self.top_ids, self.top_lps):
+            del lst[n:]
+
     def finish(self, reason: str) -> None:
         self.done, self.reason = True, reason
 
