@@ -1,0 +1,109 @@
+"""best_of_n: candidates in one call, ranked by the model's own log-probs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from temper.decoding.strategies.base import Completion, DecodeRequest, ParamError, SamplingSettings
+from temper.decoding.strategies.registry import parse_decoding
+from temper.decoding.strategies.rollouts import sequence_score, token_logprobs
+
+
+def request(engine, **settings):
+    return DecodeRequest(
+        prompt=[0, 1], settings=SamplingSettings(**{"seed": 5, "max_tokens": 10, **settings}), engine=engine
+    )
+
+
+async def run(req, **decoding):
+    strategy, params = parse_decoding({"strategy": "best_of_n", **decoding})
+    return await strategy.run(req, params)
+
+
+async def exact_scores(engine, prompt, completions):
+    scored = await engine.score([prompt + c.tokens for c in completions], start=len(prompt))
+    return [s.logp for s in scored]
+
+
+async def test_picks_the_highest_mean_logprob_in_one_call(toy_engine):
+    req = request(toy_engine)
+    res = await run(req, candidates=6, return_rollouts=True)
+    assert toy_engine.calls == 1
+    m = res.metadata
+    assert len(m["scores"]) == 6 and len(m["rollouts"]) == 6
+    assert m["chosen"] == [int(np.argmax(m["scores"]))]
+    best = res.completions[0]
+    ref = (await exact_scores(toy_engine, [0, 1], [best]))[0]
+    assert m["scores"][m["chosen"][0]] == pytest.approx(float(np.mean(ref)), abs=1e-5)
+    assert best.metadata["candidate"] == m["chosen"][0]
+    assert res.completion_tokens == toy_engine.stats.generated_tokens == m["tokens_generated"]
+    assert res.extra_prompt_tokens == 0  # the sampler's log-probs are used, nothing re-scored
+
+
+async def test_n_returns_the_top_n_best_first(toy_engine):
+    res = await run(request(toy_engine, n=3), candidates=8)
+    scores = res.metadata["scores"]
+    order = sorted(range(8), key=lambda i: (-scores[i], i))
+    assert res.metadata["chosen"] == order[:3]
+    assert [c.metadata["candidate"] for c in res.completions] == order[:3]
+    assert toy_engine.calls == 1
+
+
+async def test_total_logprob_prefers_short_likely_answers(toy_engine):
+    res = await run(request(toy_engine), candidates=8, score="total_logprob")
+    cands = res.metadata["scores"]
+    assert res.metadata["score"] == "total_logprob"
+    assert res.metadata["chosen"] == [int(np.argmax(cands))]
+    total = float(np.sum(res.completions[0].logp))
+    assert cands[res.metadata["chosen"][0]] == pytest.approx(total, abs=1e-5)
+
+
+async def test_candidates_without_logprobs_are_rescored_in_one_call(toy_engine):
+    req = request(toy_engine)
+    comps = [Completion(tokens=[1, 2, 3], finish_reason="stop"), Completion(tokens=[2, 3], finish_reason="stop"),
+             Completion(tokens=[0], finish_reason="length", logp=np.array([-0.25], dtype=np.float32))]
+    logps, rescored = await token_logprobs(req, comps)
+    ref = await exact_scores(toy_engine, [0, 1], comps[:2])
+    np.testing.assert_allclose(logps[0], ref[0])
+    np.testing.assert_allclose(logps[1], ref[1])
+    assert logps[2].tolist() == [-0.25]
+    assert rescored == 5
+    assert sequence_score(np.zeros(0)) == float("-inf")
+    assert sequence_score(np.array([-1.0, -3.0])) == -2.0
+    assert sequence_score(np.array([-1.0, -3.0]), "total_logprob") == -4.0
+
+
+async def test_ties_go_to_the_earliest(toy_engine):
+    # greedy candidates are identical, so every score ties
+    res = await run(request(toy_engine, temperature=0, n=2), candidates=4)
+    assert len(set(res.metadata["scores"])) == 1
+    assert res.metadata["chosen"] == [0, 1]
+
+
+async def test_n_above_candidates_is_a_400(toy_engine):
+    with pytest.raises(ParamError) as err:
+        await run(request(toy_engine, n=5), candidates=4)
+    assert err.value.param == "n"
+    assert toy_engine.calls == 0
+
+
+@pytest.mark.parametrize(
+    ("decoding", "param"),
+    [({"candidates": 0}, "decoding.candidates"), ({"candidates": 65}, "decoding.candidates"),
+     ({"score": "vibes"}, "decoding.score"), ({"inner": {"strategy": "best_of_n"}}, "decoding.inner.strategy"),
+     ({"inner": {"strategy": "sample", "top_p": 2}}, "decoding.inner.top_p"), ({"n": 2}, "decoding.n")],
+)
+def test_bad_params_name_the_field(decoding, param):
+    with pytest.raises(ParamError) as err:
+        parse_decoding({"strategy": "best_of_n", **decoding})
+    assert err.value.param == param
+
+
+async def test_inner_strategy_draws_the_candidates(toy_engine):
+    pytest.importorskip("temper.decoding.strategies.power")
+    res = await run(request(toy_engine), candidates=3, inner={"strategy": "power", "alpha": 2.0, "mcmc_steps": 1,
+                                                              "block_size": 4})
+    assert res.metadata["inner"]["strategy"] == "power"
+    assert len(res.metadata["scores"]) == 3
+    assert res.completion_tokens == toy_engine.stats.generated_tokens
