@@ -12,6 +12,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_configure(config):
+    import torch
+
+    # One intra-op thread: the tiny test models gain nothing from more, and on a 2-core CI
+    # machine OpenMP threads spinning against the server and client threads of the same
+    # process (or a neighbour's process) slow every forward pass by an order of magnitude.
+    torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 
