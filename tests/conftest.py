@@ -6,6 +6,12 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
+
+# Without CUDA, Triton kernels are tested on CPU in Triton's interpreter against their torch
+# twins; triton.jit reads TRITON_INTERPRET when a kernel module is imported, hence before anything.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -152,3 +152,31 @@ async def test_callback_stop_on_first_token_keeps_exactly_one(hf_engine):
     # the engine keeps serving, and the cached KV matches the kept tokens
     again = await hf_engine.sample([SampleSpec(p + tuple(out[0].tokens), 3, seed=2, stop_ids=())])
     assert len(again[0].tokens) == 3
+
+
+async def test_batch_empties_and_refills(hf_engine):
+    """All rows finishing at once leaves no batch; the next call builds a fresh one."""
+    p = chat_prompt(hf_engine)
+    for r in range(3):
+        out = await hf_engine.sample([SampleSpec(p, 3, seed=r * 10 + i, stop_ids=()) for i in range(4)])
+        assert [len(o.tokens) for o in out] == [3, 3, 3, 3]
+        # rows done at their first token never join; the old batch is all finished rows
+        one = await hf_engine.sample([SampleSpec(p, 1, seed=r, stop_ids=()) for _ in range(2)])
+        assert [len(o.tokens) for o in one] == [1, 1]
+    assert hf_engine.queue_depth == 0
+
+
+async def test_a_failing_step_fails_its_callers_instead_of_hanging(hf_engine, monkeypatch):
+    import asyncio
+
+    p = chat_prompt(hf_engine)
+
+    def boom(*a, **k):
+        raise RuntimeError("model exploded")
+
+    monkeypatch.setattr(hf_engine, "_admit", boom)
+    with pytest.raises(RuntimeError, match="exploded"):
+        await asyncio.wait_for(hf_engine.sample([SampleSpec(p, 3, seed=1)]), timeout=30)
+    monkeypatch.undo()
+    out = await hf_engine.sample([SampleSpec(p, 3, seed=1, stop_ids=())])
+    assert len(out[0].tokens) == 3

@@ -6,12 +6,16 @@ are reproducible under continuous batching, and the Triton kernel can regenerate
 same numbers inside its vocabulary loop without reading a noise tensor from memory.
 
 The mixer is Chris Wellons' `lowbias32` on uint32, emulated in int64 here (masking after
-every step; multiplies split in 16-bit halves so nothing overflows int64).
+every step; multiplies split in 16-bit halves so nothing overflows int64). The `*_tl` functions
+at the bottom are the same hash as Triton device functions on native uint32 (wrapping multiply,
+logical shifts), for kernels to call; they are tested bit for bit against the torch versions.
 """
 
 from __future__ import annotations
 
 import torch
+
+from temper.triton_kernels._triton import jit, tl
 
 M32 = 0xFFFFFFFF
 C1 = 0x7FEB352D
@@ -57,3 +61,35 @@ def uniform(seed: torch.Tensor, offset: torch.Tensor, n: int) -> torch.Tensor:
 def gumbel(seed: torch.Tensor, offset: torch.Tensor, n: int) -> torch.Tensor:
     """[B, n] standard Gumbel noise: argmax(x + g) draws from softmax(x)."""
     return -torch.log(-torch.log(uniform(seed, offset, n)))
+
+
+# --- Triton device functions (the same numbers; Triton kernels cannot read Python globals, so
+# --- the constants C1, C2, GOLDEN, IDX_SALT are spelled out)
+
+
+@jit
+def lowbias32_tl(x):
+    """x: uint32 tensor → uint32 tensor (multiplies wrap mod 2**32, shifts are logical)."""
+    x = x ^ (x >> 16)
+    x = x * 0x7FEB352D
+    x = x ^ (x >> 15)
+    x = x * 0x846CA68B
+    x = x ^ (x >> 16)
+    return x
+
+
+@jit
+def row_key_tl(seed, offset):
+    """`row_key` for int64 scalars seed, offset → uint32 key (truncation keeps the low 32 bits,
+    i.e. `& M32`; an arithmetic `>> 32` then truncation gives the high word, sign or not)."""
+    lo = seed.to(tl.uint32)
+    hi = (seed >> 32).to(tl.uint32)
+    k = lowbias32_tl(lo ^ lowbias32_tl(hi + 0x9E3779B9))
+    return lowbias32_tl(k ^ lowbias32_tl(offset.to(tl.uint32)))
+
+
+@jit
+def uniform_tl(key, idx):
+    """`uniform` for a uint32 key and int32 indices idx [BLOCK] → float32 [BLOCK] in (0, 1)."""
+    h = lowbias32_tl(key ^ lowbias32_tl((idx + 0x632BE5AB).to(tl.uint32)))
+    return ((h >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)

@@ -83,6 +83,7 @@ class HFEngine:
         self.prefix_cache = PrefixCache(prefix_cache_tokens, seq_dim=3)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"hf-{name}")
         self._waiting: collections.deque[Seq] = collections.deque()
+        self._jobs: set[Job] = set()  # unresolved calls, so a failed step can fail them all
         self._batch: DecodeBatch | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
@@ -141,6 +142,7 @@ class HFEngine:
             job.seqs.append(seq)
             self._waiting.append(seq)
         job.remaining = len(job.seqs)
+        self._jobs.add(job)
         self._wake.set()
         try:
             return await job.future
@@ -148,6 +150,8 @@ class HFEngine:
             job.cancelled = True  # the scheduler drops its sequences before the next step
             self._wake.set()
             raise
+        finally:
+            self._jobs.discard(job)
 
     async def score(
         self, sequences: Sequence[Sequence[int]], start: int | Sequence[int] = 1, top_k: int = 0
@@ -181,6 +185,7 @@ class HFEngine:
         # a new event loop (e.g. successive asyncio.run calls): state of the old one is dead
         self._waiting.clear()
         self._batch = None
+        self._jobs.clear()
         self._loop, self._wake = loop, asyncio.Event()
         self._task = loop.create_task(self._run(), name=f"hf-engine-{self.name}")
 
@@ -212,12 +217,9 @@ class HFEngine:
                     s.uncacheable = True
 
     def _fail_all(self, exc: Exception) -> None:
-        jobs = {id(s.job): s.job for s in self._waiting}
-        if self._batch is not None:
-            jobs.update({id(s.job): s.job for s in self._batch.rows})
         self._waiting.clear()
         self._batch = None
-        for job in jobs.values():
+        for job in self._jobs:
             if not job.future.done():
                 job.future.set_exception(exc)
 
@@ -279,9 +281,8 @@ class HFEngine:
             events += self._admit(admitted)
         joining = [s for s in admitted if not s.done]
         if joining or (batch is not None and batch.needs_compaction()):
-            self._batch = batch = DecodeBatch.build(
-                (batch.live() if batch is not None else []) + joining, batch, self.pad_id
-            )
+            rows = (batch.live() if batch is not None else []) + joining
+            self._batch = batch = DecodeBatch.build(rows, batch, self.pad_id) if rows else None
         if batch is not None and batch.live():
             logits = batch.forward(self.model)  # [B, V]
             self.stats.forward_passes += 1
