@@ -1,0 +1,66 @@
+"""The `temper` console script. `temper serve` loads the models and runs the HTTP server; its
+flags are generated from ServerConfig (see `temper serve --help`).
+
+Start-up failures (a bad flag value, a model that cannot be loaded) print one line and exit
+with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from temper.server.config import add_config_arguments, config_from_args
+
+SERVE_DESCRIPTION = """\
+Serve OpenAI-compatible routes (/v1/models, /v1/completions, /v1/chat/completions, /v1/logprobs,
+/tokenize, /detokenize, /health, /metrics). Each request may pick its decoding strategy with a
+`decoding` object in the body, e.g. {"strategy": "power", "alpha": 4}. Without --model, the small
+model bundled in the package is served, so this works offline on a fresh machine.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="temper", description="temper: a decoding-strategy server.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve",
+        help="run the OpenAI-compatible server",
+        description=SERVE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_arguments(serve)
+    return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from temper.server.app import create_app
+    from temper.server.models import ModelLoadError
+
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"temper serve: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app = create_app(config)
+    except ModelLoadError as exc:
+        print(f"temper serve: error: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level.lower())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

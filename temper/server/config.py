@@ -1,0 +1,137 @@
+"""ServerConfig: every `temper serve` setting, in one dataclass.
+
+The CLI flags are generated from the fields (name, type, default, help in the field metadata),
+so a default lives in exactly one place. This module knows nothing about FastAPI or engines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+API_KEY_ENV = "TEMPER_API_KEY"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def _opt(help: str, default: Any = MISSING, **kw: Any) -> Any:
+    meta = {"help": help, **kw.pop("meta", {})}
+    if default is MISSING:
+        return field(metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    model: list[str] = _opt(
+        "Model to serve, as NAME=PATH or PATH (then served under the PATH as given, like vLLM). "
+        "Repeatable; the first is the default model, the others can be named by requests and by "
+        "strategies that need a second model (an anchor, a teacher). Without it: the small model "
+        "bundled in the package, served as 'tiny-chat'.",
+        default_factory=list,
+        meta={"metavar": "NAME=PATH", "repeat": True},
+    )
+    host: str = _opt("Interface to bind (loopback by default; use 0.0.0.0 to expose).", "127.0.0.1")
+    port: int = _opt("TCP port.", 8000)
+    api_key: str | None = _opt(
+        f"Require 'Authorization: Bearer KEY' on every route but /health. Defaults to ${API_KEY_ENV}.",
+        None,
+        meta={"metavar": "KEY", "secret": True},
+    )
+    max_queue: int = _opt(
+        "Most generation requests in flight (running or waiting for the engines); beyond it: HTTP 429 "
+        "with Retry-After.",
+        256,
+    )
+    retry_after: int = _opt("Seconds suggested by the Retry-After header of a 429.", 1)
+    request_timeout: float = _opt(
+        "Seconds a generation request may run before it is cancelled and answered with HTTP 504 "
+        "(an error event when streaming); 0 = no limit.",
+        600.0,
+    )
+    heartbeat_interval: float = _opt(
+        "Seconds between SSE comment heartbeats while a streaming request has nothing to send "
+        "(e.g. power sampling before its answer is final).",
+        1.0,
+    )
+    synthesis_template: str | None = _opt(
+        "Anchor prompt template for the synthesis strategy: the template text, or a path to a file "
+        "holding it. Default: the strategy's own.",
+        None,
+        meta={"metavar": "TEXT|FILE"},
+    )
+    device: str = _opt("Device for the HF engines: auto, cpu, cuda, cuda:N.", "auto")
+    dtype: str = _opt("Weights dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16.", "auto")
+    max_batch: int = _opt("Most sequences an engine decodes in one forward pass.", 256)
+    prefix_cache_tokens: int = _opt("KV prefix-cache budget per engine, in tokens (0 = off).", 65536)
+    cpu_threads: int | None = _opt(
+        "torch intra-op threads (CPU engines). Small models on few cores run far faster with 1. "
+        "Default: torch's own choice.",
+        None,
+    )
+    max_context: int | None = _opt("Cap on the models' context length, in tokens (default: the model's).", None)
+    log_level: str = _opt("Log level: debug, info, warning, error.", "info")
+
+    def __post_init__(self) -> None:
+        if self.api_key is None:
+            self.api_key = os.environ.get(API_KEY_ENV) or None
+        checks = [
+            (0 <= self.port <= 65535, f"port: must be in [0, 65535], got {self.port}"),
+            (self.max_queue >= 1, f"max_queue: must be >= 1, got {self.max_queue}"),
+            (self.retry_after >= 0, f"retry_after: must be >= 0, got {self.retry_after}"),
+            (self.request_timeout >= 0, f"request_timeout: must be >= 0, got {self.request_timeout}"),
+            (self.heartbeat_interval > 0, f"heartbeat_interval: must be > 0, got {self.heartbeat_interval}"),
+            (self.max_batch >= 1, f"max_batch: must be >= 1, got {self.max_batch}"),
+            (self.prefix_cache_tokens >= 0, "prefix_cache_tokens: must be >= 0"),
+            (self.max_context is None or self.max_context >= 2, "max_context: must be >= 2"),
+            (self.cpu_threads is None or self.cpu_threads >= 1, "cpu_threads: must be >= 1"),
+            (self.api_key is None or self.api_key.strip() != "", "api_key: must not be blank"),
+            (self.log_level.lower() in LOG_LEVELS, f"log_level: must be one of {', '.join(LOG_LEVELS)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def strategy_options(self) -> dict[str, Any]:
+        """Server-wide options handed to every strategy (DecodeRequest.options)."""
+        options: dict[str, Any] = {}
+        if self.synthesis_template is not None:
+            path = Path(self.synthesis_template)
+            is_file = len(self.synthesis_template) < 4096 and path.is_file()
+            options["synthesis_template"] = path.read_text() if is_file else self.synthesis_template
+        return options
+
+
+def _base_type(hint: Any) -> type:
+    """int for `int | None`, str for `list[str]`, and so on."""
+    if isinstance(hint, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is list:
+        hint = typing.get_args(hint)[0]
+    return hint
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per ServerConfig field: --max-queue for max_queue, defaults shown in --help."""
+    hints = typing.get_type_hints(ServerConfig)
+    for f in fields(ServerConfig):
+        meta = dict(f.metadata)
+        flag = "--" + f.name.replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": f.name, "help": meta["help"], "type": _base_type(hints[f.name])}
+        if "metavar" in meta:
+            kwargs["metavar"] = meta["metavar"]
+        if meta.get("repeat"):
+            kwargs["action"] = "append"
+        elif f.default is not None and not meta.get("secret"):
+            kwargs["help"] += f" (default: {f.default})"
+        kwargs["default"] = None  # unset flags keep the dataclass default
+        parser.add_argument(flag, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    given = {f.name: getattr(args, f.name) for f in fields(ServerConfig) if getattr(args, f.name, None) is not None}
+    return ServerConfig(**given)

@@ -1,0 +1,166 @@
+"""POST /v1/chat/completions: messages through the model's own chat template (never flattened
+into a transcript by us), OpenAI's `chat.completion` bodies and chunks, plus `decoding`."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from temper.decoding.engine import Engine
+from temper.decoding.strategies.base import Completion, StrategyResult
+from temper.server.errors import bad_request
+from temper.server.logprobs import TokenLogprobs, chat_content, completion_logprobs, fill_missing, kept
+from temper.server.metrics import RequestRecord
+from temper.server.protocol import ChatCompletionRequest, ChatMessage
+from temper.server.respond import StreamPlan, respond
+from temper.server.serving import (
+    check_prompt,
+    decoding_field,
+    make_jobs,
+    recorded,
+    reject_unsupported,
+    resolve_model,
+    sampling_settings,
+    usage,
+)
+from temper.server.text import TokenText
+
+router = APIRouter()
+
+ROLES = {"system", "user", "assistant", "tool", "developer"}
+
+
+def message_dicts(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    """Messages as the chat template wants them: role and text content (text parts joined)."""
+    out = []
+    for i, m in enumerate(messages):
+        if m.role not in ROLES:
+            raise bad_request(f"messages.{i}.role: unknown role {m.role!r}", f"messages.{i}.role")
+        content = m.content
+        if isinstance(content, list):
+            parts = []
+            for p in content:
+                if p.type != "text" or p.text is None:
+                    raise bad_request(
+                        f"messages.{i}.content: only text parts are supported, got {p.type!r}", f"messages.{i}.content"
+                    )
+                parts.append(p.text)
+            content = "".join(parts)
+        d = {"role": "system" if m.role == "developer" else m.role, "content": content or ""}
+        if m.name:
+            d["name"] = m.name
+        out.append(d)
+    return out
+
+
+def render_chat(engine: Engine, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
+    try:
+        return engine.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+    except Exception as exc:  # jinja errors from templates that refuse a message order
+        raise bad_request(f"messages: the model's chat template rejected them: {exc}", "messages") from None
+
+
+class ChatChunks:
+    """Chunk shapes of a streamed chat.completion: a role delta first for every choice."""
+
+    def __init__(self, rid: str, created: int, model: str, tt: TokenText, include_usage: bool):
+        self.base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
+        self.tt = tt
+        self.include_usage = include_usage
+        self.seen: set[int] = set()
+
+    def _chunk(self, choice: dict, **extra) -> dict:
+        out = {**self.base, "system_fingerprint": None, "choices": [choice], **extra}
+        if self.include_usage:
+            out["usage"] = None
+        return out
+
+    def _opening(self, index: int) -> list[dict]:
+        if index in self.seen:
+            return []
+        self.seen.add(index)
+        delta = {"role": "assistant", "content": ""}
+        return [self._chunk({"index": index, "delta": delta, "logprobs": None, "finish_reason": None})]
+
+    def _logprobs(self, lp: TokenLogprobs | None) -> dict | None:
+        return {"content": chat_content(self.tt, lp)} if lp is not None else None
+
+    def delta(self, index, text, lp):
+        choice = {"index": index, "delta": {"content": text}, "logprobs": self._logprobs(lp), "finish_reason": None}
+        return self._opening(index) + [self._chunk(choice)]
+
+    def final(self, index, text, lp, reason, c: Completion, decoding, whole=False):
+        delta = {"content": text} if text else {}
+        choice = {"index": index, "delta": delta, "logprobs": self._logprobs(lp), "finish_reason": reason}
+        if c.metadata:
+            choice["decoding"] = c.metadata
+        return self._opening(index) + [self._chunk(choice, decoding=decoding)]
+
+    def usage(self, usage, decoding):
+        return {**self.base, "system_fingerprint": None, "choices": [], "usage": usage, "decoding": decoding}
+
+
+@router.post("/v1/chat/completions")
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+    record = RequestRecord(request.app.state.metrics)
+    with recorded(record):
+        name, engine = resolve_model(request, body.model)
+        record.model = name
+        reject_unsupported(body)
+        if body.top_logprobs is not None and not body.logprobs and body.top_logprobs > 0:
+            raise bad_request("top_logprobs: requires logprobs to be true", "top_logprobs")
+        max_tokens, alias = body.max_tokens, "max_tokens"
+        if body.max_completion_tokens is not None:
+            max_tokens, alias = body.max_completion_tokens, "max_completion_tokens"
+        k = (body.top_logprobs or 0) if body.logprobs else None
+        settings = sampling_settings(
+            body, max_tokens=max_tokens, logprobs=k is not None, top_logprobs=k or 0, aliases={"max_tokens": alias}
+        )
+        messages = message_dicts(body.messages)
+        ids = render_chat(engine, messages, body.add_generation_prompt)
+        check_prompt(engine, ids, settings.max_tokens, "messages")
+        question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
+        jobs = make_jobs(request, engine, [(ids, question)], settings, body.decoding)
+        record.strategy = jobs[0].strategy.name
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        tt: TokenText = request.app.state.token_texts[name]
+
+        async def build(results: list[StrategyResult]) -> dict:
+            (job,), (result,) = jobs, results
+            if k is not None:
+                await fill_missing(engine, job.req.prompt, result.completions, k)
+            choices = []
+            for i, c in enumerate(result.completions):
+                text = c.text if c.text is not None else engine.tokenizer.decode(c.tokens)
+                logprobs = None
+                if k is not None:
+                    lp = completion_logprobs(c, k).head(kept(engine, c, text))
+                    logprobs = {"content": chat_content(tt, lp)}
+                choice = {
+                    "index": i,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": logprobs,
+                    "finish_reason": c.finish_reason,
+                }
+                if c.metadata:
+                    choice["decoding"] = c.metadata
+                choices.append(choice)
+            return {
+                "id": rid,
+                "object": "chat.completion",
+                "created": created,
+                "model": name,
+                "choices": choices,
+                "usage": usage(jobs, results),
+                "system_fingerprint": None,
+                "decoding": decoding_field(jobs, results),
+            }
+
+        plan = None
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            plan = StreamPlan(ChatChunks(rid, created, name, tt, include_usage), k, include_usage)
+        return await respond(request, jobs, record, build, plan)

@@ -1,0 +1,210 @@
+"""Server-sent events for stream=true: real token streaming where tokens are final when sampled,
+honest heartbeats where they are not.
+
+- Strategies with `streams_tokens` (sample) get an `on_token` sink: each token becomes a chunk
+  as the engine draws it (text only once it decodes cleanly; stop strings held back).
+- Other strategies (power, synthesis...) run to the end while `: heartbeat` SSE comments keep the
+  connection alive, then their final text goes out in per-token chunks.
+- Then the finish chunk per choice, the usage chunk when asked, and `data: [DONE]`.
+
+A client that disconnects cancels the generator (Starlette), which cancels the strategy tasks,
+which abort their engine sequences. Chunk shapes belong to the routes (a ChunkWriter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+from starlette.responses import StreamingResponse
+
+from temper.decoding.engine import Tokenizer
+from temper.decoding.strategies.base import Completion
+from temper.server.errors import request_timeout
+from temper.server.logprobs import TokenLogprobs, completion_logprobs, fill_missing, kept
+from temper.server.metrics import RequestRecord
+from temper.server.serving import CLIENT_GONE, Job, decoding_field, start, stop, strategy_error, usage
+from temper.server.text import ChoiceText
+
+DONE = "data: [DONE]\n\n"
+HEARTBEAT = ": heartbeat\n\n"
+
+
+def sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+class ChunkWriter(Protocol):
+    """The route's chunk shapes (each call returns the chunks to send, possibly none)."""
+
+    def delta(self, index: int, text: str, lp: TokenLogprobs | None) -> list[dict]: ...
+
+    def final(
+        self,
+        index: int,
+        text: str,
+        lp: TokenLogprobs | None,
+        reason: str,
+        c: Completion,
+        decoding: dict,
+        whole: bool = False,
+    ) -> list[dict]:
+        """The choice's last chunk. `whole`: lp covers every token of the choice (streamed text
+        whose log-probs only exist once the strategy is done), not just this chunk's."""
+        ...
+
+    def usage(self, usage: dict, decoding: dict) -> dict: ...
+
+
+class SSEResponse(StreamingResponse):
+    """A text/event-stream response that runs `on_close` however it ends, even when the client
+    left before the body started (so in-flight slots are always given back)."""
+
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]):
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self._on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+
+
+def replay(
+    tokenizer: Tokenizer, c: Completion, final_text: str, lp: TokenLogprobs | None
+) -> Iterator[tuple[str, TokenLogprobs | None]]:
+    """A finished completion as (text piece, its tokens' log-probs) per token, clipped to the
+    final text; the last piece carries whatever text and log-probs remain."""
+    ct, sent, lp_from = ChoiceText(tokenizer), "", 0
+    for j, tok in enumerate(c.tokens):
+        piece = ct.push(tok)
+        if not piece:
+            continue
+        if not final_text.startswith(sent + piece):
+            break
+        yield piece, (_slice(lp, lp_from, j + 1) if lp is not None else None)
+        sent, lp_from = sent + piece, j + 1
+    rest = final_text[len(sent) :]
+    tail = _slice(lp, lp_from, len(lp.tokens)) if lp is not None else None
+    if rest or (tail is not None and tail.tokens):
+        yield rest, tail
+
+
+def _slice(lp: TokenLogprobs, a: int, b: int) -> TokenLogprobs:
+    return TokenLogprobs(lp.tokens[a:b], lp.logp[a:b], lp.top[a:b])
+
+
+async def stream_jobs(
+    jobs: Sequence[Job],
+    writer: ChunkWriter,
+    *,
+    record: RequestRecord,
+    heartbeat: float,
+    timeout: float | None,
+    logprobs_k: int | None,
+    include_usage: bool,
+    preamble: Sequence[dict] = (),
+) -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
+    engine = jobs[0].req.engine
+    tokenizer = engine.tokenizer
+    events: deque[tuple[str, int, int]] = deque()
+    ready = asyncio.Event()
+
+    def push(kind: str, a: int, b: int = 0) -> None:
+        events.append((kind, a, b))
+        ready.set()
+
+    owner: dict[int, Job] = {}  # streamed choice index -> its job
+    for job in jobs:
+        if job.strategy.streams_tokens:
+            base = job.prompt_index * job.stride
+            owner.update({base + i: job for i in range(job.stride)})
+            # engines call this on the event loop; True = keep sampling (cancellation stops us)
+            job.req.on_token = lambda i, tok, base=base: push("tok", base + i, tok) or True
+    tasks = start(jobs)
+    for j, t in enumerate(tasks):
+        t.add_done_callback(lambda _t, j=j: push("done", j))
+    deadline = loop.time() + timeout if timeout else None
+    texts: dict[int, ChoiceText] = {}
+    results: list = [None] * len(jobs)
+    overflow = len(jobs) * max(j.stride for j in jobs)  # numbering for surplus choices
+    status = CLIENT_GONE
+    try:
+        for chunk in preamble:
+            yield sse(chunk)
+        pending = len(jobs)
+        while pending:
+            if not events:
+                ready.clear()
+                wait = heartbeat if deadline is None else min(heartbeat, deadline - loop.time())
+                try:
+                    if wait <= 0:
+                        raise TimeoutError
+                    await asyncio.wait_for(ready.wait(), wait)
+                except TimeoutError:
+                    if deadline is not None and loop.time() >= deadline:
+                        raise request_timeout(timeout) from None
+                    yield HEARTBEAT
+                continue
+            kind, a, b = events.popleft()
+            if kind == "tok":
+                if a not in texts:
+                    # the strategy's settings as it runs them (its params may set other stops)
+                    job = owner.get(a, jobs[0])
+                    texts[a] = ChoiceText(tokenizer, job.req.settings.stop)
+                ct = texts[a]
+                piece = ct.push(b)
+                if piece:
+                    record.first_token()
+                    for chunk in writer.delta(a, piece, None):
+                        yield sse(chunk)
+                continue
+            pending -= 1
+            job, task = jobs[a], tasks[a]
+            if task.exception() is not None:
+                raise strategy_error(task.exception())
+            result = results[a] = task.result()
+            if logprobs_k is not None:
+                await fill_missing(engine, job.req.prompt, result.completions, logprobs_k)
+            meta = {"strategy": job.strategy.name, **result.metadata}
+            for i, c in enumerate(result.completions):
+                if i < job.stride:
+                    index = job.prompt_index * job.stride + i
+                else:
+                    index, overflow = overflow, overflow + 1
+                final_text = c.text if c.text is not None else tokenizer.decode(c.tokens)
+                lp = None
+                if logprobs_k is not None:
+                    lp = completion_logprobs(c, logprobs_k).head(kept(engine, c, final_text))
+                if index in texts:  # streamed token by token: send what is left
+                    rest = texts[index].finish(final_text)
+                    chunks = writer.final(index, rest, lp, c.finish_reason, c, meta, whole=True)
+                else:
+                    chunks = []
+                    for piece, piece_lp in replay(tokenizer, c, final_text, lp):
+                        record.first_token()
+                        chunks += writer.delta(index, piece, piece_lp)
+                    chunks += writer.final(index, "", None, c.finish_reason, c, meta)
+                for chunk in chunks:
+                    yield sse(chunk)
+        record.prompt_tokens = usage(jobs, results)["prompt_tokens"]
+        record.completion_tokens = usage(jobs, results)["completion_tokens"]
+        if include_usage:
+            yield sse(writer.usage(usage(jobs, results), decoding_field(jobs, results)))
+        status = 200
+        yield DONE
+    except Exception as exc:
+        # headers are gone: the error travels as an event, as vLLM sends it
+        err = strategy_error(exc)
+        status = err.status
+        yield sse(err.body())
+        yield DONE
+    finally:
+        stop(tasks)
+        record.finish(status)
