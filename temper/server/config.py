@@ -69,8 +69,8 @@ class ServerConfig:
     max_batch: int = _opt("Most sequences an engine decodes in one forward pass.", 256)
     prefix_cache_tokens: int = _opt("KV prefix-cache budget per engine, in tokens (0 = off).", 65536)
     cpu_threads: int | None = _opt(
-        "torch intra-op threads (CPU engines). Small models on few cores run far faster with 1. "
-        "Default: torch's own choice.",
+        "torch intra-op threads (CPU engines). Default: half the cores (at least 1), leaving room "
+        "for the event loop; torch's own default oversubscribes small machines badly.",
         None,
     )
     max_context: int | None = _opt("Cap on the models' context length, in tokens (default: the model's).", None)

@@ -47,12 +47,14 @@ def model_specs(config: ServerConfig) -> list[tuple[str, str]]:
 
 def load_engines(config: ServerConfig) -> dict[str, Engine]:
     """Load every --model (HF transformers engines); the dict's first entry is the default."""
+    import os
+
+    import torch
+
     from temper.decoding.engines.hf import EngineLoadError, HFEngine
 
-    if config.cpu_threads is not None:
-        import torch
-
-        torch.set_num_threads(config.cpu_threads)
+    # Process-wide by nature (torch has one intra-op pool); set once, at start-up.
+    torch.set_num_threads(config.cpu_threads or max(1, (os.cpu_count() or 2) // 2))
     engines: dict[str, Engine] = {}
     for name, path in model_specs(config):
         flag = f"--model {path}" if name == path else f"--model {name}={path}"
