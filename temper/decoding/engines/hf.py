@@ -24,14 +24,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from temper.decoding.engine import EngineStats, Sample, SampleSpec, Scored, TokenCallback, check_fits
-from temper.decoding.engines.hf_batch import DecodeBatch, Job, Seq, prefill, prefill_groups, top_logprobs
+from temper.decoding.engines.hf_batch import DecodeBatch, Job, Seq, prefill, prefill_groups
+from temper.decoding.engines.hf_sampling import sample_rows, score_chunk
 from temper.decoding.engines.hf_tokenizer import HFTokenizer
 from temper.decoding.engines.prefix_cache import PrefixCache
-from temper.triton_kernels.tempered_sample import tempered_sample
 
 log = logging.getLogger(__name__)
 
@@ -319,38 +318,8 @@ class HFEngine:
         return self._sample_rows(rows, torch.stack(logits), only_live=False)
 
     def _sample_rows(self, rows: list[Seq], logits: torch.Tensor, only_live: bool) -> list[tuple[Seq, int]]:
-        """Draw one token for each (live) row from logits [B, V]; append and check stops."""
-        idx = [i for i, r in enumerate(rows) if not (only_live and r.done)]
-        if not idx:
-            return []
-        sel = [rows[i] for i in idx]
-        lg = logits[idx] if len(idx) != len(rows) else logits
-        dev = lg.device
-        out = tempered_sample(
-            lg,
-            torch.tensor([r.spec.alpha for r in sel], dtype=torch.float32, device=dev),
-            torch.tensor([r.seed for r in sel], dtype=torch.int64, device=dev),
-            torch.tensor([r.position for r in sel], dtype=torch.int64, device=dev),
-            torch.tensor([r.spec.top_k for r in sel], dtype=torch.int64, device=dev),
-            torch.tensor([r.spec.top_p for r in sel], dtype=torch.float32, device=dev),
-        )
-        tok, lp, lq, lw = (t.tolist() for t in (out.token, out.logp, out.logq, out.log_w))
-        want_top = [j for j, r in enumerate(sel) if r.spec.top_logprobs]
-        tops = top_logprobs(lg[want_top], max(sel[j].spec.top_logprobs for j in want_top)) if want_top else None
-        events = []
-        for j, r in enumerate(sel):
-            r.append(tok[j], lp[j], lq[j], lw[j])
-            if tops is not None and j in want_top:
-                k = r.spec.top_logprobs
-                pos = want_top.index(j)
-                r.top_ids.append(tops[0][pos, :k].numpy())
-                r.top_lps.append(tops[1][pos, :k].numpy())
-            if tok[j] in r.stops:
-                r.finish("stop")
-            elif len(r.tokens) >= r.limit:
-                r.finish("length")
-            events.append((r, tok[j]))
-        self.stats.generated_tokens += len(sel)
+        events = sample_rows(rows, logits, only_live)
+        self.stats.generated_tokens += len(events)
         return events
 
     def _retire(self, row: Seq, batch: DecodeBatch) -> None:
@@ -367,23 +336,7 @@ class HFEngine:
         out: list[Scored] = []
         for lo in range(0, len(seqs), max(1, self.max_batch)):
             chunk = seqs[lo : lo + self.max_batch]
-            L = max(len(s) for s in chunk)
-            ids = torch.full((len(chunk), L), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), L), dtype=torch.long)
-            for i, s in enumerate(chunk):  # right-padded: positions are the natural ones
-                ids[i, : len(s)] = torch.tensor(s)
-                mask[i, : len(s)] = 1
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            out += score_chunk(self.model, chunk, starts[lo : lo + len(chunk)], top_k, self.pad_id, self.device)
             self.stats.forward_passes += 1
-            self.stats.forward_tokens += int(mask.sum())
-            lps = torch.log_softmax(logits.float(), dim=-1)  # [B, L, V]
-            for i, s in enumerate(chunk):
-                s0 = starts[lo + i]
-                rows = lps[i, s0 - 1 : len(s) - 1]  # row j predicts token j + 1
-                tgt = torch.tensor(s[s0:], device=rows.device)
-                sc = Scored(rows.gather(1, tgt[:, None])[:, 0].cpu().numpy().astype(np.float32))
-                if top_k:
-                    v, ix = rows.topk(min(top_k, rows.shape[-1]), dim=-1)
-                    sc.top_ids, sc.top_logps = ix.cpu().numpy(), v.cpu().numpy().astype(np.float32)
-                out.append(sc)
+            self.stats.forward_tokens += sum(len(c) for c in chunk)
         return out

@@ -196,12 +196,6 @@ def prefill_groups(lengths: list[int], slack: int = 256) -> list[list[int]]:
     return groups
 
 
-def top_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k most likely raw tokens per row of logits [n, V] → (ids [n, k], log-probs [n, k])."""
-    v, ix = torch.log_softmax(logits.float(), dim=-1).topk(min(k, logits.shape[-1]), dim=-1)
-    return ix.cpu(), v.cpu()
-
-
 class DecodeBatch:
     """Running rows sharing one left-padded DynamicCache."""
 

@@ -1,0 +1,86 @@
+"""The HF engine's per-step token draw and its scoring pass, as functions over model outputs.
+
+`sample_rows` turns next-token logits [B, V] into one token per running sequence (through the
+`tempered_sample` dispatcher: Triton on CUDA, the torch twin elsewhere) and does the
+per-sequence bookkeeping; `score_chunk` runs one right-padded forward pass and reads raw
+log-probs of the given tokens. Neither owns state: the engine passes its rows and its model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from temper.decoding.engine import Scored
+from temper.decoding.engines.hf_batch import Seq
+from temper.triton_kernels.tempered_sample import tempered_sample
+
+
+def top_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k most likely raw tokens per row of logits [n, V] → (ids [n, k], log-probs [n, k])."""
+    v, ix = torch.log_softmax(logits.float(), dim=-1).topk(min(k, logits.shape[-1]), dim=-1)
+    return ix.cpu(), v.cpu()
+
+
+def sample_rows(rows: list[Seq], logits: torch.Tensor, only_live: bool) -> list[tuple[Seq, int]]:
+    """Draw one token for each (live) row from logits [B, V]; append it and check stops.
+    Returns (row, token) per draw."""
+    idx = [i for i, r in enumerate(rows) if not (only_live and r.done)]
+    if not idx:
+        return []
+    sel = [rows[i] for i in idx]
+    lg = logits[idx] if len(idx) != len(rows) else logits  # [b, V]
+    dev = lg.device
+    out = tempered_sample(
+        lg,
+        torch.tensor([r.spec.alpha for r in sel], dtype=torch.float32, device=dev),
+        torch.tensor([r.seed for r in sel], dtype=torch.int64, device=dev),
+        torch.tensor([r.position for r in sel], dtype=torch.int64, device=dev),  # RNG offset
+        torch.tensor([r.spec.top_k for r in sel], dtype=torch.int64, device=dev),
+        torch.tensor([r.spec.top_p for r in sel], dtype=torch.float32, device=dev),
+    )
+    tok, lp, lq, lw = (t.tolist() for t in (out.token, out.logp, out.logq, out.log_w))
+    want = {j: n for n, j in enumerate(j for j, r in enumerate(sel) if r.spec.top_logprobs)}
+    tops = top_logprobs(lg[list(want)], max(sel[j].spec.top_logprobs for j in want)) if want else None
+    events = []
+    for j, r in enumerate(sel):
+        r.append(tok[j], lp[j], lq[j], lw[j])
+        if j in want:
+            k = r.spec.top_logprobs
+            r.top_ids.append(tops[0][want[j], :k].numpy())
+            r.top_lps.append(tops[1][want[j], :k].numpy())
+        if tok[j] in r.stops:
+            r.finish("stop")
+        elif len(r.tokens) >= r.limit:
+            r.finish("length")
+        events.append((r, tok[j]))
+    return events
+
+
+def score_chunk(
+    model, seqs: list[list[int]], starts: list[int], top_k: int, pad_id: int, device: torch.device
+) -> list[Scored]:
+    """Raw log-probs of seqs[i][starts[i]:] in one right-padded forward pass (right padding
+    keeps the natural positions). Only the logits of scored positions are materialised."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    first = min(starts) - 1  # earliest position whose logits predict a scored token
+    logits = model(
+        input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=L - first
+    ).logits  # [B, L - first, V]: row j predicts token first + j + 1
+    out = []
+    for i, s in enumerate(seqs):
+        rows = logits[i, starts[i] - 1 - first : len(s) - 1 - first].float()  # [T, V]
+        lse = torch.logsumexp(rows, dim=-1)  # per row, instead of a full [T, V] log-softmax
+        tgt = torch.tensor(s[starts[i] :], device=rows.device)
+        sc = Scored((rows.gather(1, tgt[:, None])[:, 0] - lse).cpu().numpy().astype(np.float32))
+        if top_k:
+            v, ix = rows.topk(min(top_k, rows.shape[-1]), dim=-1)
+            sc.top_ids = ix.cpu().numpy()
+            sc.top_logps = (v - lse[:, None]).cpu().numpy().astype(np.float32)
+        out.append(sc)
+    return out
