@@ -1,0 +1,173 @@
+"""The arithmetic of power sampling (target π ∝ p^α), as small pure numpy functions.
+
+What this is: the decisions the MH and SMC strategies make from per-token log-weights
+log_w_t = α·log p_t − log q_t (for a tempered proposal this is log Z_t, research/power_sampling.md
+§2.3), all in float64:
+  * MH / i-SIR:  suffix sums of log_w, the log acceptance ratio, the accept / choose decision;
+  * SMC:         normalised weights, effective sample size, systematic resampling, and the
+                 re-weighting that keeps the target p^α while the proposal exponent ramps up;
+  * reference:   the Karan & Du code's truncated acceptance (§3.4), kept only so a test can
+                 show its bias;
+  * cost:        the analytic token count of the blockwise MH schedule (§4).
+Each function is unit-tested against brute force (tests/test_power_math.py); the Triton kernels
+`triton_kernels.mh_accept` / `smc_resample` compute the same things on tensors and are
+cross-checked against these.
+
+What this is not: any sampling of tokens, engine call or per-request state. Randomness comes in
+as uniforms, so every function is deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """log Σ exp(x) along `axis`, in float64; all -inf gives -inf."""
+    x = np.asarray(x, dtype=np.float64)
+    mx = np.max(x, axis=axis, keepdims=True)
+    mx = np.where(np.isfinite(mx), mx, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.log(np.sum(np.exp(x - mx), axis=axis)) + np.squeeze(mx, axis=axis)
+
+
+def logmeanexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """log of the mean of exp(x) along `axis`."""
+    x = np.asarray(x, dtype=np.float64)
+    return logsumexp(x, axis) - math.log(x.shape[axis])
+
+
+# ------------------------------------------------------------------------------------------ MH
+
+
+def suffix_sums(log_w: np.ndarray, length: np.ndarray, cut: np.ndarray) -> np.ndarray:
+    """Σ_{cut ≤ j < length} log_w[..., j] in float64.
+
+    log_w [..., T] is indexed by absolute response position; positions at or past `length` are
+    absorbing EOS padding (p = q = 1 there, so they add 0 whatever the array holds). `length`
+    and `cut` broadcast against log_w's leading dims.
+    """
+    log_w = np.asarray(log_w, dtype=np.float64)
+    pos = np.arange(log_w.shape[-1])
+    keep = (pos >= np.asarray(cut)[..., None]) & (pos < np.asarray(length)[..., None])
+    return np.where(keep, log_w, 0.0).sum(-1)
+
+
+def mh_log_accept(cur_sum: np.ndarray, prop_sum: np.ndarray) -> np.ndarray:
+    """log r for a suffix resampled from q at a shared cut: Σ log_w(proposed) − Σ log_w(current).
+
+    Why this is the whole MH ratio: π(y)q(x_suffix)/(π(x)q(y_suffix)) with π ∝ p^α telescopes
+    per token into exp(α·log p − log q) = Z_t; the shared prefix cancels, and the cut-choice
+    probabilities cancel because both states have the same fixed logical length (§3.6, §9).
+    """
+    return np.asarray(prop_sum, dtype=np.float64) - np.asarray(cur_sum, dtype=np.float64)
+
+
+def mh_accept(cur_sum: np.ndarray, prop_sum: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Metropolis decision: accept iff log u < log r (u in (0, 1)). NaN (both -inf) rejects."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(np.asarray(u, dtype=np.float64)) < mh_log_accept(cur_sum, prop_sum)
+
+
+def categorical(logits: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Inverse-CDF draw from softmax(logits [B, K]) with one uniform u [B] in [0, 1) per row:
+    the first k whose cumulative weight exceeds u·total. A row with no finite logit gives 0."""
+    logits = np.asarray(logits, dtype=np.float64)
+    mx = logits.max(axis=1, keepdims=True)
+    dead = ~np.isfinite(mx[:, 0])
+    w = np.exp(logits - np.where(np.isfinite(mx), mx, 0.0))
+    cdf = np.cumsum(w, axis=1)
+    target = np.asarray(u, dtype=np.float64) * cdf[:, -1]
+    k = (cdf <= target[:, None]).sum(axis=1)
+    return np.where(dead, 0, np.minimum(k, logits.shape[1] - 1))
+
+
+def choose_next(cur_sum: np.ndarray, prop_sum: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Next state among [current, proposal 1..M] → index in 0..M (0 = keep current).
+
+    cur_sum [B], prop_sum [B, M], u [B]. M = 1 is Metropolis-Hastings (accept iff log u < log r);
+    M > 1 is iterated SIR: pick ∝ exp(suffix sum) over current + proposals, which leaves π
+    invariant because all M + 1 candidates are exchangeable draws conditioned on the cut prefix.
+    Same contract as triton_kernels.mh_accept's choice.
+    """
+    prop_sum = np.asarray(prop_sum, dtype=np.float64)
+    cur_sum = np.asarray(cur_sum, dtype=np.float64)
+    if prop_sum.shape[1] == 1:
+        return mh_accept(cur_sum, prop_sum[:, 0], u).astype(np.int64)
+    return categorical(np.concatenate([cur_sum[:, None], prop_sum], axis=1), u).astype(np.int64)
+
+
+def reference_log_accept(cur_suffix_log_w: np.ndarray, prop_suffix_log_w: np.ndarray) -> float:
+    """The Karan & Du reference's log r (power_samp_utils.py, §3.2/§3.4): the proposal's Σ log_w
+    minus the *current* suffix's Σ log_w truncated to the proposal's length. Biased when EOS
+    makes the proposal shorter (it drops the tail of the current suffix's negative log Z terms);
+    kept only as the baseline of the EOS bias test. Both arguments start at the cut."""
+    cur = np.asarray(cur_suffix_log_w, dtype=np.float64)
+    prop = np.asarray(prop_suffix_log_w, dtype=np.float64)
+    return float(prop.sum() - cur[: len(prop)].sum())
+
+
+# ----------------------------------------------------------------------------------------- SMC
+
+
+def normalized_weights(log_w: np.ndarray) -> np.ndarray:
+    """softmax over the last axis (particles); a row with no finite weight becomes uniform."""
+    log_w = np.asarray(log_w, dtype=np.float64)
+    mx = log_w.max(axis=-1, keepdims=True)
+    dead = ~np.isfinite(mx)
+    e = np.where(dead, 1.0, np.exp(log_w - np.where(dead, 0.0, mx)))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def ess(log_w: np.ndarray) -> np.ndarray:
+    """Effective sample size 1 / Σ w² of the normalised weights (N when equal, 1 when one)."""
+    w = normalized_weights(log_w)
+    return 1.0 / (w * w).sum(axis=-1)
+
+
+def systematic_resample(weights: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Ancestors [R, N] for normalised weights [R, N] and one uniform u [R] in [0, 1) per row:
+    a_i = first j with cdf_j > (u + i) / N. Each particle j is copied ⌊N·w_j⌋ or ⌈N·w_j⌉ times
+    and E[copies] = N·w_j, with less variance than multinomial resampling."""
+    weights = np.asarray(weights, dtype=np.float64)
+    R, N = weights.shape
+    cdf = np.cumsum(weights, axis=1)
+    pos = (np.asarray(u, dtype=np.float64)[:, None] + np.arange(N)[None, :]) / N
+    anc = np.stack([np.searchsorted(cdf[r], pos[r], side="right") for r in range(R)]) if R else (
+        np.zeros((0, N), dtype=np.int64)
+    )
+    return np.minimum(anc, N - 1).astype(np.int64)
+
+
+def ramp_alpha(end: int, alpha: float, ramp_tokens: int) -> float:
+    """Proposal/target exponent for tokens up to position `end` (exclusive) under a linear ramp
+    1 → α over the first `ramp_tokens` tokens (0 = no ramp: α throughout)."""
+    if ramp_tokens <= 0 or end >= ramp_tokens:
+        return float(alpha)
+    return 1.0 + (float(alpha) - 1.0) * max(end, 0) / ramp_tokens
+
+
+def ramp_reweight(cum_logp: np.ndarray, alpha_old: float, alpha_new: float) -> np.ndarray:
+    """Log-weight increment when the intermediate target moves from p^α_old to p^α_new over the
+    tokens already drawn: (α_new − α_old)·log p(history). Applied to every particle, finished
+    ones included, so the final target is p^α whatever schedule the proposal followed."""
+    return (float(alpha_new) - float(alpha_old)) * np.asarray(cum_logp, dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------- cost
+
+
+def block_lengths(max_tokens: int, block_size: int) -> list[int]:
+    """Fixed logical lengths t_k of the blockwise schedule: B, 2B, ..., capped by max_tokens."""
+    n_blocks = -(-max_tokens // block_size)
+    return [min((k + 1) * block_size, max_tokens) for k in range(n_blocks)]
+
+
+def mh_token_count(length: int, block_size: int, mcmc_steps: int, proposals: int = 1) -> float:
+    """Expected tokens generated by blockwise MH for an output that never hits EOS before
+    `length`: the extensions give `length`; each step in block k cuts uniformly over t_k
+    positions and resamples t_k − i tokens, i.e. (t_k + 1)/2 on average, times M proposals
+    (research/power_sampling.md §4, the "exact count")."""
+    return length + mcmc_steps * proposals * sum((t + 1) / 2 for t in block_lengths(length, block_size))
