@@ -180,3 +180,10 @@ async def test_a_failing_step_fails_its_callers_instead_of_hanging(hf_engine, mo
     monkeypatch.undo()
     out = await hf_engine.sample([SampleSpec(p, 3, seed=1, stop_ids=())])
     assert len(out[0].tokens) == 3
+
+
+async def test_finished_samples_are_cached_when_the_call_returns(hf_engine):
+    p = chat_prompt(hf_engine)
+    s = (await hf_engine.sample([SampleSpec(p, 12, seed=4, stop_ids=())]))[0]
+    # prefix + all generated tokens but the last (whose KV was never computed)
+    assert hf_engine.prefix_cache.match(p + tuple(s.tokens))[0] == len(p) + len(s.tokens) - 1

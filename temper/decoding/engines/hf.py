@@ -264,10 +264,7 @@ class HFEngine:
         one decode step for every live row. Returns (sequence, token) for each new token."""
         events: list[tuple[Seq, int]] = []
         batch = self._batch
-        if batch is not None:
-            for row in batch.rows:
-                if row.done and not row.retired:
-                    self._retire(row, batch)
+        self._retire_finished(batch)  # rows stopped by a callback or cancelled since last step
         room = self.max_batch - (len(batch.live()) if batch is not None else 0)
         admitted: list[Seq] = []
         while self._waiting and room > 0:
@@ -287,6 +284,7 @@ class HFEngine:
             self.stats.forward_passes += 1
             self.stats.forward_tokens += len(batch.rows)
             events += self._sample_rows(batch.rows, logits, only_live=True)
+            self._retire_finished(batch)  # now, so the next call can already reuse their KV
         for s, _ in events:
             if s.done and not s.retired and s.kv is not None:  # finished at its first token
                 s.retired = True
@@ -321,6 +319,11 @@ class HFEngine:
         events = sample_rows(rows, logits, only_live)
         self.stats.generated_tokens += len(events)
         return events
+
+    def _retire_finished(self, batch: DecodeBatch | None) -> None:
+        for row in batch.rows if batch is not None else ():
+            if row.done and not row.retired:
+                self._retire(row, batch)
 
     def _retire(self, row: Seq, batch: DecodeBatch) -> None:
         """A finished row: keep its KV (prefix + all but the last token) in the prefix cache."""
