@@ -78,8 +78,8 @@ async def draw(model: ToyModel, decoding: dict, n: int, T: int, seed: int = 1):
     settings = SamplingSettings(seed=seed, max_tokens=T)
     settings.n = n
     strategy = PowerStrategy()
-    res = await strategy.run(DecodeRequest(prompt=PROMPT, settings=settings, engine=engine),
-                             strategy.parse(decoding))
+    req = DecodeRequest(prompt=PROMPT, settings=settings, engine=engine, options={"max_sequences": 10**7})
+    res = await strategy.run(req, strategy.parse(decoding))
     counts = Counter(tuple(c.tokens) for c in res.completions)
     assert len(res.completions) == n
     for c in res.completions:  # well-formed outputs

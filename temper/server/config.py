@@ -64,6 +64,11 @@ class ServerConfig:
         None,
         meta={"metavar": "TEXT|FILE"},
     )
+    max_sequences: int = _opt(
+        "Most sequences one power-sampling request may keep in flight (n × particles, or n × "
+        "proposals per MH step); larger requests get a 400.",
+        4096,
+    )
     device: str = _opt("Device for the HF engines: auto, cpu, cuda, cuda:N.", "auto")
     dtype: str = _opt("Weights dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16.", "auto")
     max_batch: int = _opt("Most sequences an engine decodes in one forward pass.", 256)
@@ -86,6 +91,7 @@ class ServerConfig:
             (self.request_timeout >= 0, f"request_timeout: must be >= 0, got {self.request_timeout}"),
             (self.heartbeat_interval > 0, f"heartbeat_interval: must be > 0, got {self.heartbeat_interval}"),
             (self.max_batch >= 1, f"max_batch: must be >= 1, got {self.max_batch}"),
+            (self.max_sequences >= 1, f"max_sequences: must be >= 1, got {self.max_sequences}"),
             (self.prefix_cache_tokens >= 0, "prefix_cache_tokens: must be >= 0"),
             (self.max_context is None or self.max_context >= 2, "max_context: must be >= 2"),
             (self.cpu_threads is None or self.cpu_threads >= 1, "cpu_threads: must be >= 1"),
@@ -98,7 +104,7 @@ class ServerConfig:
 
     def strategy_options(self) -> dict[str, Any]:
         """Server-wide options handed to every strategy (DecodeRequest.options)."""
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = {"max_sequences": self.max_sequences}
         if self.synthesis_template is not None:
             path = Path(self.synthesis_template)
             is_file = len(self.synthesis_template) < 4096 and path.is_file()

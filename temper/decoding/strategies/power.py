@@ -42,6 +42,9 @@ DEFAULT_MAX_TOKENS = 3072  # T_max of the paper; the request's own max_tokens wi
 MAX_MCMC_STEPS = 1000
 MAX_PROPOSALS = 64
 MAX_PARTICLES = 1024
+# Sequences one request may keep in flight (n × particles, or n × proposals per step), unless
+# the server sets `max_sequences` in DecodeRequest.options: a bound on one request's memory.
+MAX_SEQUENCES = 4096
 SEED_MASK = 2**63 - 1
 
 MH_ONLY = ("block_size", "mcmc_steps", "proposals", "early_stop")
@@ -189,6 +192,14 @@ class PowerStrategy(Strategy):
         max_tokens = token_budget(req, params)
         seed = params.seed if params.seed is not None else req.settings.seed
         n = int(req.settings.n)
+        width, field = (params.particles, "particles") if params.method == "smc" else (params.proposals, "proposals")
+        limit = int(req.options.get("max_sequences", MAX_SEQUENCES))
+        if n * width > limit:
+            raise ParamError(
+                f"n: {n} × {field} {width} = {n * width} sequences in flight exceed this server's "
+                f"limit of {limit} per request",
+                "n",
+            )
         calls = EngineCalls(req.engine)
         algo = run_mh if params.method == "mh" else run_smc
         outputs, chain_meta, meta = await algo(req, params, n=n, max_tokens=max_tokens, seed=seed, calls=calls)
