@@ -18,13 +18,12 @@ from temper.server.protocol import ChatCompletionRequest, ChatMessage
 from temper.server.respond import StreamPlan, respond
 from temper.server.serving import (
     check_prompt,
-    decoding_field,
     make_jobs,
     recorded,
     reject_unsupported,
     resolve_model,
+    response_body,
     sampling_settings,
-    usage,
 )
 from temper.server.text import TokenText
 
@@ -148,16 +147,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
                 if c.metadata:
                     choice["decoding"] = c.metadata
                 choices.append(choice)
-            return {
-                "id": rid,
-                "object": "chat.completion",
-                "created": created,
-                "model": name,
-                "choices": choices,
-                "usage": usage(jobs, results),
-                "system_fingerprint": None,
-                "decoding": decoding_field(jobs, results),
-            }
+            return response_body("chat.completion", rid, created, name, choices, jobs, results)
 
         plan = None
         if body.stream:

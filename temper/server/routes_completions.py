@@ -24,13 +24,12 @@ from temper.server.respond import StreamPlan, respond
 from temper.server.serving import (
     Job,
     check_prompt,
-    decoding_field,
     make_jobs,
     recorded,
     reject_unsupported,
     resolve_model,
+    response_body,
     sampling_settings,
-    usage,
 )
 from temper.server.text import TokenText
 
@@ -159,16 +158,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
                     if c.metadata:
                         choice["decoding"] = c.metadata
                     choices.append(choice)
-            return {
-                "id": rid,
-                "object": "text_completion",
-                "created": created,
-                "model": name,
-                "choices": choices,
-                "usage": usage(jobs, results),
-                "system_fingerprint": None,
-                "decoding": decoding_field(jobs, results),
-            }
+            return response_body("text_completion", rid, created, name, choices, jobs, results)
 
         plan = None
         if body.stream:

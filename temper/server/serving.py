@@ -282,3 +282,20 @@ def decoding_field(jobs: Sequence[Job], results: Sequence[StrategyResult]) -> di
     if len(results) == 1:
         return {"strategy": name, **results[0].metadata}
     return {"strategy": name, "prompts": [dict(r.metadata) for r in results]}
+
+
+def response_body(
+    obj: str, rid: str, created: int, model: str, choices: list[dict],
+    jobs: Sequence[Job], results: Sequence[StrategyResult],
+) -> dict[str, Any]:
+    """The OpenAI response envelope (`text_completion` or `chat.completion`) plus `decoding`."""
+    return {
+        "id": rid,
+        "object": obj,
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "usage": usage(jobs, results),
+        "system_fingerprint": None,
+        "decoding": decoding_field(jobs, results),
+    }
