@@ -114,8 +114,9 @@ async def test_on_token_can_stop_a_sequence(engine):
     p = prompt_of(engine)
     seen: list[tuple[int, int]] = []
 
-    def cb(i, tok):
-        seen.append((i, tok))
+    def cb(i, draw):
+        seen.append((i, draw.token))
+        assert draw.logp <= 0
         return len([s for s in seen if s[0] == i]) < 3
 
     out = await engine.sample([SampleSpec(p, 10, seed=1, stop_ids=()), SampleSpec(p, 10, seed=2, stop_ids=())], cb)

@@ -26,10 +26,23 @@ import numpy as np
 
 FinishReason = Literal["stop", "length", "abort"]
 
-# Called by an engine for every token it appends: (spec index in the call, token id).
+
+
+@dataclass(frozen=True, slots=True)
+class TokenDraw:
+    """One token as it is appended, for streaming: its id, raw log-prob, and the top
+    alternatives (raw log-probs) when the spec asked for top_logprobs."""
+
+    token: int
+    logp: float
+    top_ids: np.ndarray | None = None  # [k] int64
+    top_logps: np.ndarray | None = None  # [k] float32
+
+
+# Called by an engine for every token it appends: (spec index in the call, the draw).
 # Return False to end that sequence now (stop string found, client gone); it then finishes
 # with reason "stop" and keeps the token just passed.
-TokenCallback = Callable[[int, int], bool]
+TokenCallback = Callable[[int, TokenDraw], bool]
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,7 +126,7 @@ async def stream_jobs(
             base = job.prompt_index * job.stride
             owner.update({base + i: job for i in range(job.stride)})
             # engines call this on the event loop; True = keep sampling (cancellation stops us)
-            job.req.on_token = lambda i, tok, base=base: push("tok", base + i, tok) or True
+            job.req.on_token = lambda i, draw, base=base: push("tok", base + i, draw.token) or True
     tasks = start(jobs)
     for j, t in enumerate(tasks):
         t.add_done_callback(lambda _t, j=j: push("done", j))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from temper.decoding.engine import EngineStats, Sample, SampleSpec, Scored, TokenCallback, check_fits
+from temper.decoding.engine import EngineStats, Sample, SampleSpec, Scored, TokenCallback, TokenDraw, check_fits
 from temper.decoding.engines.hf_batch import DecodeBatch, Job, Seq, prefill, prefill_groups
 from temper.decoding.engines.hf_sampling import sample_rows, score_chunk
 from temper.decoding.engines.hf_tokenizer import HFTokenizer
@@ -236,8 +236,15 @@ class HFEngine:
                 continue
             seen[key] = seen.get(key, len(seq.tokens) - per_seq[key]) + 1
             if job.on_token is not None and not job.cancelled:
+                n = seen[key]  # this token is seq.tokens[n - 1]
+                draw = TokenDraw(
+                    tok,
+                    seq.logp[n - 1],
+                    seq.top_ids[n - 1] if seq.top_ids else None,
+                    seq.top_lps[n - 1] if seq.top_lps else None,
+                )
                 try:
-                    go_on = job.on_token(seq.index, tok)
+                    go_on = job.on_token(seq.index, draw)
                 except Exception as exc:
                     job.cancelled = True
                     if not job.future.done():

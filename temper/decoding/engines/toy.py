@@ -25,6 +25,7 @@ from temper.decoding.engine import (
     SampleSpec,
     Scored,
     TokenCallback,
+    TokenDraw,
     check_fits,
 )
 from temper.triton_kernels.tempered_sample import tempered_sample
@@ -164,7 +165,7 @@ class ToyEngine:
                 o.logq.append(float(r.logq[j]))
                 o.log_w.append(float(r.log_w[j]))
                 o.forward_passes += 1
-                go_on = on_token(i, tok) if on_token is not None else True
+                go_on = on_token(i, TokenDraw(tok, o.logp[-1])) if on_token is not None else True
                 if tok in stops[i] or not go_on:
                     o.finish_reason = "stop"
                 elif len(o.tokens) < limit[i]:

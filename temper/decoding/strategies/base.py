@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from temper.decoding.engine import Engine
+from temper.decoding.engine import Engine, TokenDraw
 
 MAX_N = 128
 MAX_TOP_LOGPROBS = 20
@@ -95,15 +95,6 @@ class SamplingSettings(BaseModel):
 
 
 @dataclass(slots=True)
-class TokenEvent:
-    """One token streamed to the client: choice index, token id, its raw log-prob."""
-
-    choice: int
-    token: int
-    logp: float | None = None
-
-
-@dataclass(slots=True)
 class DecodeRequest:
     """Everything a strategy may use for one request."""
 
@@ -111,9 +102,9 @@ class DecodeRequest:
     settings: SamplingSettings
     engine: Engine
     engines: Mapping[str, Engine] = field(default_factory=dict)  # every served model by name
-    # Streaming sink for strategies whose tokens are final as they are sampled. Returning
-    # False asks the strategy to stop that choice (the client went away).
-    on_token: Callable[[int, int], bool] | None = None
+    # Streaming sink for strategies whose tokens are final as they are sampled: (choice index,
+    # the draw). Returning False asks the strategy to stop that choice (the client went away).
+    on_token: Callable[[int, TokenDraw], bool] | None = None
     prompt_text: str | None = None  # the question as text, when the edge had it
     # Server-wide strategy options (e.g. "synthesis_template"), set by server flags.
     options: Mapping[str, Any] = field(default_factory=dict)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from temper.decoding.engine import SampleSpec
+from temper.decoding.engine import SampleSpec, TokenDraw
 from temper.decoding.strategies.base import (
     MAX_N,
     Completion,
@@ -58,9 +58,9 @@ async def sample_completions(
     tokens to req.on_token when `stream`)."""
     watches = [StopWatch(req.engine.tokenizer, s.stop) for _ in range(count)]
 
-    def on_token(i: int, token: int) -> bool:
-        go_on = not watches[i].push(token)
-        if stream and req.on_token is not None and not req.on_token(i, token):
+    def on_token(i: int, draw: TokenDraw) -> bool:
+        go_on = not watches[i].push(draw.token)
+        if stream and req.on_token is not None and not req.on_token(i, draw):
             go_on = False
         return go_on
 
