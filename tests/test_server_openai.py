@@ -172,7 +172,7 @@ def test_completion_streaming_is_token_by_token(client):
     assert "".join(c.choices[0].text for c in chunks) == full.choices[0].text
     assert chunks[-1].choices[0].finish_reason == full.choices[0].finish_reason
     assert len(chunks) >= 3  # several chunks, not one buffered blob
-    # log-probs exist once sampling is done: they come with the last chunk, offsets absolute
+    # with echo: each chunk's log-probs joined give the non-streamed ones, offsets absolute
     kw = dict(model="tiny", prompt="Hi", max_tokens=8, seed=2, logprobs=1, echo=True)
     full = client.completions.create(**kw).choices[0].logprobs
     got = {"tokens": [], "token_logprobs": [], "text_offset": []}

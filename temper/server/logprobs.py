@@ -61,6 +61,10 @@ class TokenLogprobs:
     def head(self, n: int) -> TokenLogprobs:
         return TokenLogprobs(self.tokens[:n], self.logp[:n], self.top[:n])
 
+    def tail(self, n: int) -> TokenLogprobs:
+        """All but the first n (a stream's entries not sent yet)."""
+        return TokenLogprobs(self.tokens[n:], self.logp[n:], self.top[n:])
+
 
 def needs_scoring(c: Completion, k: int) -> bool:
     return bool(c.tokens) and (c.logp is None or (k > 0 and c.top_ids is None))
@@ -90,9 +94,10 @@ def kept(engine: Engine, c: Completion, text: str) -> int:
     return sum(1 for o in offsets if o < len(text)) or min(1, len(c.tokens))
 
 
-def legacy(tt: TokenText, lp: TokenLogprobs, start_offset: int = 0) -> dict:
+def legacy(tt: TokenText, lp: TokenLogprobs, start_offset: int = 0, offsets: Sequence[int] | None = None) -> dict:
     """/v1/completions shape. top_logprobs maps token text → log-prob and, like vLLM, also
-    holds the chosen token."""
+    holds the chosen token. `offsets`: text_offset when the caller already knows it (a stream
+    counts across chunks); otherwise counted from `start_offset`."""
     out_top: list[dict[str, float] | None] = []
     for tok, v, top in zip(lp.tokens, lp.logp, lp.top, strict=True):
         if v is None:
@@ -105,7 +110,7 @@ def legacy(tt: TokenText, lp: TokenLogprobs, start_offset: int = 0) -> dict:
         "tokens": [tt.token_str(t) for t in lp.tokens],
         "token_logprobs": lp.logp,
         "top_logprobs": out_top,
-        "text_offset": text_offsets(tt.tokenizer, lp.tokens, start_offset),
+        "text_offset": list(offsets) if offsets is not None else text_offsets(tt.tokenizer, lp.tokens, start_offset),
     }
 
 

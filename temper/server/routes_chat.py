@@ -91,7 +91,7 @@ class ChatChunks:
         choice = {"index": index, "delta": {"content": text}, "logprobs": self._logprobs(lp), "finish_reason": None}
         return self._opening(index) + [self._chunk(choice)]
 
-    def final(self, index, text, lp, reason, c: Completion, decoding, whole=False):
+    def final(self, index, text, lp, reason, c: Completion, decoding):
         delta = {"content": text} if text else {}
         choice = {"index": index, "delta": delta, "logprobs": self._logprobs(lp), "finish_reason": reason}
         if c.metadata:

@@ -31,7 +31,7 @@ from temper.server.serving import (
     response_body,
     sampling_settings,
 )
-from temper.server.text import TokenText
+from temper.server.text import OffsetCounter, TokenText
 
 router = APIRouter()
 
@@ -72,8 +72,9 @@ class CompletionChunks:
         self.base = {"id": rid, "object": "text_completion", "created": created, "model": model}
         self.tt = tt
         self.include_usage = include_usage
-        self.offsets: dict[int, int] = {}  # characters sent per choice, for text_offset
-        self.echo_len: dict[int, int] = {}  # where each choice's completion text starts
+        # text_offset per choice counted over every entry it sent (echo, deltas, final) in one
+        # pass, so the chunks' offsets are exactly the non-streamed response's
+        self.offsets: dict[int, OffsetCounter] = {}
 
     def _chunk(self, choice: dict, **extra) -> dict:
         out = {**self.base, "choices": [choice], **extra}
@@ -81,22 +82,18 @@ class CompletionChunks:
             out["usage"] = None
         return out
 
-    def echo(self, index: int, text: str, lp: TokenLogprobs | None) -> list[dict]:
-        self.echo_len[index] = len(text)
-        return self.delta(index, text, lp)
-
-    def _choice(self, index: int, text: str, lp: TokenLogprobs | None, reason: str | None, whole=False) -> dict:
-        start = self.offsets.get(index, 0)
-        self.offsets[index] = start + len(text)
-        lp_start = self.echo_len.get(index, 0) if whole else start
-        logprobs = legacy(self.tt, lp, lp_start) if lp is not None else None
+    def _choice(self, index: int, text: str, lp: TokenLogprobs | None, reason: str | None) -> dict:
+        logprobs = None
+        if lp is not None:
+            counter = self.offsets.setdefault(index, OffsetCounter(self.tt.tokenizer))
+            logprobs = legacy(self.tt, lp, offsets=counter.take(lp.tokens))
         return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
 
     def delta(self, index, text, lp):
         return [self._chunk(self._choice(index, text, lp, None))]
 
-    def final(self, index, text, lp, reason, c: Completion, decoding, whole=False):
-        choice = self._choice(index, text, lp, reason, whole)
+    def final(self, index, text, lp, reason, c: Completion, decoding):
+        choice = self._choice(index, text, lp, reason)
         if c.metadata:
             choice["decoding"] = c.metadata
         return [self._chunk(choice, decoding=decoding)]
@@ -169,6 +166,6 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
                 echo_text, echo_lp = await echo_parts(job)
                 if body.echo:
                     for i in range(job.stride):
-                        preamble += writer.echo(job.prompt_index * job.stride + i, echo_text, echo_lp)
+                        preamble += writer.delta(job.prompt_index * job.stride + i, echo_text, echo_lp)
             plan = StreamPlan(writer, k, include_usage, preamble)
         return await respond(request, jobs, record, build, plan)

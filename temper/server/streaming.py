@@ -2,7 +2,8 @@
 honest heartbeats where they are not.
 
 - Strategies with `streams_tokens` (sample) get an `on_token` sink: each token becomes a chunk
-  as the engine draws it (text only once it decodes cleanly; stop strings held back).
+  as the engine draws it (text only once it decodes cleanly; stop strings held back), with the
+  log-probs of the tokens whose text it sends (StreamedChoice), as vLLM does.
 - Other strategies (power, synthesis...) run to the end while `: heartbeat` SSE comments keep the
   connection alive, then their final text goes out in per-token chunks.
 - Then the finish chunk per choice, the usage chunk when asked, and `data: [DONE]`.
@@ -19,9 +20,10 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Protocol
 
+import numpy as np
 from starlette.responses import StreamingResponse
 
-from temper.decoding.engine import Tokenizer
+from temper.decoding.engine import TokenDraw, Tokenizer
 from temper.decoding.strategies.base import Completion
 from temper.server.errors import request_timeout
 from temper.server.logprobs import TokenLogprobs, completion_logprobs, fill_missing, kept
@@ -43,17 +45,9 @@ class ChunkWriter(Protocol):
     def delta(self, index: int, text: str, lp: TokenLogprobs | None) -> list[dict]: ...
 
     def final(
-        self,
-        index: int,
-        text: str,
-        lp: TokenLogprobs | None,
-        reason: str,
-        c: Completion,
-        decoding: dict,
-        whole: bool = False,
+        self, index: int, text: str, lp: TokenLogprobs | None, reason: str, c: Completion, decoding: dict
     ) -> list[dict]:
-        """The choice's last chunk. `whole`: lp covers every token of the choice (streamed text
-        whose log-probs only exist once the strategy is done), not just this chunk's."""
+        """The choice's last chunk; lp holds the entries no earlier chunk sent."""
         ...
 
     def usage(self, usage: dict, decoding: dict) -> dict: ...
@@ -99,6 +93,49 @@ def _slice(lp: TokenLogprobs, a: int, b: int) -> TokenLogprobs:
     return TokenLogprobs(lp.tokens[a:b], lp.logp[a:b], lp.top[a:b])
 
 
+class StreamedChoice:
+    """A choice streamed as the engine draws it: its text, and the log-prob entries (k given)
+    of tokens whose text has not gone out yet. An entry rides with the chunk that sends the
+    first character of its token's text (its text_offset), so a chunk's entries always point
+    into its own text: tokens of a held-back partial character or possible stop string wait
+    with their text, tokens without text (eos) wait for the final chunk, and tokens a stop
+    string cuts away never go (as `kept` drops them from non-streamed responses)."""
+
+    def __init__(self, tokenizer: Tokenizer, stops: Sequence[str], k: int | None):
+        self.text = ChoiceText(tokenizer, stops)
+        self.k = k
+        self.waiting: list[tuple[int, TokenLogprobs]] = []  # (text offset, entry), in order
+        self.sent = 0  # entries sent so far: the final chunk sends the completion's others
+        # draws without the top alternatives asked for (an engine that finds them only at the
+        # end): from then on the final chunk sends the entries, from the finished completion
+        self.live = k is not None
+
+    def push(self, draw: TokenDraw) -> tuple[str, TokenLogprobs | None]:
+        offset = len(self.text.text)  # the text decoded so far, as text_offsets counts it
+        piece = self.text.push(draw.token)
+        if self.live and self.k and (draw.top_ids is None or draw.top_logps is None):
+            self.live = False
+        if self.live:
+            top = (draw.top_ids[None], draw.top_logps[None]) if self.k else (None, None)
+            entry = TokenLogprobs.of([draw.token], np.array([draw.logp]), *top, k=self.k or 0)
+            self.waiting.append((offset, entry))
+        if not piece or self.k is None:
+            return piece, None
+        n = 0
+        while n < len(self.waiting) and self.waiting[n][0] < self.text.sent:
+            n += 1
+        out = TokenLogprobs([], [], [])
+        for _, entry in self.waiting[:n]:
+            out += entry
+        del self.waiting[:n]
+        self.sent += n
+        return piece, out
+
+    def finish(self, final_text: str, lp: TokenLogprobs | None) -> tuple[str, TokenLogprobs | None]:
+        """The text and entries left to send, given the completion's final text and entries."""
+        return self.text.finish(final_text), (lp.tail(self.sent) if lp is not None else None)
+
+
 async def stream_jobs(
     jobs: Sequence[Job],
     writer: ChunkWriter,
@@ -113,10 +150,10 @@ async def stream_jobs(
     loop = asyncio.get_running_loop()
     engine = jobs[0].req.engine
     tokenizer = engine.tokenizer
-    events: deque[tuple[str, int, int]] = deque()
+    events: deque[tuple[str, int, TokenDraw | None]] = deque()
     ready = asyncio.Event()
 
-    def push(kind: str, a: int, b: int = 0) -> None:
+    def push(kind: str, a: int, b: TokenDraw | None = None) -> None:
         events.append((kind, a, b))
         ready.set()
 
@@ -126,12 +163,12 @@ async def stream_jobs(
             base = job.prompt_index * job.stride
             owner.update({base + i: job for i in range(job.stride)})
             # engines call this on the event loop; True = keep sampling (cancellation stops us)
-            job.req.on_token = lambda i, draw, base=base: push("tok", base + i, draw.token) or True
+            job.req.on_token = lambda i, draw, base=base: push("tok", base + i, draw) or True
     tasks = start(jobs)
     for j, t in enumerate(tasks):
         t.add_done_callback(lambda _t, j=j: push("done", j))
     deadline = loop.time() + timeout if timeout else None
-    texts: dict[int, ChoiceText] = {}
+    streams: dict[int, StreamedChoice] = {}
     results: list = [None] * len(jobs)
     overflow = len(jobs) * max(j.stride for j in jobs)  # numbering for surplus choices
     status = CLIENT_GONE
@@ -154,15 +191,14 @@ async def stream_jobs(
                 continue
             kind, a, b = events.popleft()
             if kind == "tok":
-                if a not in texts:
+                if a not in streams:
                     # the strategy's settings as it runs them (its params may set other stops)
                     job = owner.get(a, jobs[0])
-                    texts[a] = ChoiceText(tokenizer, job.req.settings.stop)
-                ct = texts[a]
-                piece = ct.push(b)
+                    streams[a] = StreamedChoice(tokenizer, job.req.settings.stop, logprobs_k)
+                piece, piece_lp = streams[a].push(b)
                 if piece:
                     record.first_token()
-                    for chunk in writer.delta(a, piece, None):
+                    for chunk in writer.delta(a, piece, piece_lp):
                         yield sse(chunk)
                 continue
             pending -= 1
@@ -182,9 +218,9 @@ async def stream_jobs(
                 lp = None
                 if logprobs_k is not None:
                     lp = completion_logprobs(c, logprobs_k).head(kept(engine, c, final_text))
-                if index in texts:  # streamed token by token: send what is left
-                    rest = texts[index].finish(final_text)
-                    chunks = writer.final(index, rest, lp, c.finish_reason, c, meta, whole=True)
+                if index in streams:  # streamed token by token: send what is left
+                    rest, tail = streams[index].finish(final_text, lp)
+                    chunks = writer.final(index, rest, tail, c.finish_reason, c, meta)
                 else:
                     chunks = []
                     for piece, piece_lp in replay(tokenizer, c, final_text, lp):

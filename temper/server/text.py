@@ -87,14 +87,26 @@ class IncrementalDetokenizer:
         return ""
 
 
-def text_offsets(tokenizer: Tokenizer, tokens: Sequence[int], start: int = 0) -> list[int]:
+class OffsetCounter:
     """Character offset at which each token's text starts (a partial character counts where
-    it will appear), shifted by `start`."""
-    detok, pos, out = IncrementalDetokenizer(tokenizer), start, []
-    for t in tokens:
-        out.append(pos)
-        pos += len(detok.push(t))
-    return out
+    it will appear), for tokens that arrive in runs: a streamed choice's log-probs go out a
+    chunk at a time, yet must read exactly as one pass over all its tokens would."""
+
+    def __init__(self, tokenizer: Tokenizer, start: int = 0):
+        self.detok = IncrementalDetokenizer(tokenizer)
+        self.pos = start
+
+    def take(self, tokens: Sequence[int]) -> list[int]:
+        out = []
+        for t in tokens:
+            out.append(self.pos)
+            self.pos += len(self.detok.push(t))
+        return out
+
+
+def text_offsets(tokenizer: Tokenizer, tokens: Sequence[int], start: int = 0) -> list[int]:
+    """Each token's character offset (see OffsetCounter), shifted by `start`."""
+    return OffsetCounter(tokenizer, start).take(tokens)
 
 
 class ChoiceText:
