@@ -32,6 +32,7 @@ def hf_generate_tps(engine: HFEngine, prompt: list[int], batch: int, tokens: int
     ids = torch.tensor([prompt] * batch, device=engine.device)
     kw = dict(do_sample=True, max_new_tokens=tokens, min_new_tokens=tokens, top_k=0, top_p=1.0,
               temperature=1.0, pad_token_id=engine.pad_id)
+    kw["attention_mask"] = torch.ones_like(ids)
     model.generate(ids, **kw)  # warm-up
     t = time.perf_counter()
     for _ in range(reps):

@@ -139,3 +139,12 @@ def test_bad_specs_name_the_field():
         SampleSpec((1,), 1, top_p=0.0)
     with pytest.raises(ValueError, match="prefix"):
         SampleSpec((), 1)
+
+
+async def test_score_rejects_bad_starts(engine):
+    with pytest.raises(ValueError, match="start"):
+        await engine.score([[1, 2, 3]], start=0)
+    with pytest.raises(ValueError, match="start"):
+        await engine.score([[1, 2, 3], [1, 2]], start=[1])
+    with pytest.raises(ContextLengthError):
+        await engine.score([[1] * (engine.max_context + 1)], start=1)

@@ -16,16 +16,14 @@ This module holds the protocol and plain data types only; no engine lives here.
 
 from __future__ import annotations
 
-import asyncio
 import math
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 FinishReason = Literal["stop", "length", "abort"]
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +114,6 @@ class EngineStats:
     prefix_lookups: int = 0
     prefix_hit_tokens: int = 0  # prefix tokens served from the cache
     prefix_query_tokens: int = 0  # prefix tokens asked for
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def prefix_hit_rate(self) -> float:
@@ -178,13 +175,16 @@ def check_fits(engine_max_context: int, spec: SampleSpec) -> None:
         )
 
 
-T = TypeVar("T")
-
-
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run an engine coroutine from synchronous code (scripts, benchmarks, trainers)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    raise RuntimeError("run_sync called inside a running event loop; await the coroutine instead")
+def score_starts(
+    sequences: Sequence[Sequence[int]], start: int | Sequence[int], max_context: int
+) -> list[int]:
+    """Validate `score` arguments; one start per sequence (a single int applies to all)."""
+    starts = [start] * len(sequences) if isinstance(start, int) else list(start)
+    if len(starts) != len(sequences):
+        raise ValueError("start: need one start per sequence")
+    for seq, s0 in zip(sequences, starts, strict=True):
+        if not 1 <= s0 <= len(seq):
+            raise ValueError(f"start: must be in [1, {len(seq)}], got {s0}")
+        if len(seq) > max_context:
+            raise ContextLengthError(f"sequence: {len(seq)} tokens exceed the model's context of {max_context}")
+    return starts

@@ -26,7 +26,16 @@ from pathlib import Path
 
 import torch
 
-from temper.decoding.engine import EngineStats, Sample, SampleSpec, Scored, TokenCallback, TokenDraw, check_fits
+from temper.decoding.engine import (
+    EngineStats,
+    Sample,
+    SampleSpec,
+    Scored,
+    TokenCallback,
+    TokenDraw,
+    check_fits,
+    score_starts,
+)
 from temper.decoding.engines.hf_batch import DecodeBatch, Job, Seq, prefill, prefill_groups
 from temper.decoding.engines.hf_sampling import sample_rows, score_chunk
 from temper.decoding.engines.hf_tokenizer import HFTokenizer
@@ -155,18 +164,7 @@ class HFEngine:
     async def score(
         self, sequences: Sequence[Sequence[int]], start: int | Sequence[int] = 1, top_k: int = 0
     ) -> list[Scored]:
-        starts = [start] * len(sequences) if isinstance(start, int) else list(start)
-        if len(starts) != len(sequences):
-            raise ValueError("start: need one start per sequence")
-        for seq, s0 in zip(sequences, starts, strict=True):
-            if not 1 <= s0 <= len(seq):
-                raise ValueError(f"start: must be in [1, {len(seq)}], got {s0}")
-            if len(seq) > self.max_context:
-                from temper.decoding.engine import ContextLengthError
-
-                raise ContextLengthError(
-                    f"sequence: {len(seq)} tokens exceed the model's context of {self.max_context}"
-                )
+        starts = score_starts(sequences, start, self.max_context)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._score, [list(s) for s in sequences], starts, top_k)
 

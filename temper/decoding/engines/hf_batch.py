@@ -103,14 +103,26 @@ def cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return list(zip(cache.key_cache, cache.value_cache, strict=True))
 
 
-def new_cache(kv: torch.Tensor):
-    """A DynamicCache from stacked KV [layers, 2, B, kv_heads, L, head_dim]."""
+def new_cache(kv: torch.Tensor | None):
+    """A DynamicCache holding stacked KV [layers, 2, B, kv_heads, L, head_dim] (empty for None)."""
     from transformers import DynamicCache
 
     cache = DynamicCache()
-    for layer in range(kv.shape[0]):
+    for layer in range(kv.shape[0] if kv is not None else 0):
         cache.update(kv[layer, 0], kv[layer, 1], layer)
     return cache
+
+
+def pack_right(kvs: list[torch.Tensor | None], width: int) -> torch.Tensor:
+    """Per-row KV [layers, 2, H, L_i, D] (None = empty) → one [layers, 2, B, H, width, D],
+    each row right-aligned after zero left padding (the padding is masked out)."""
+    ref = next(kv for kv in kvs if kv is not None)
+    nl, _, H, _, D = ref.shape
+    packed = ref.new_zeros((nl, 2, len(kvs), H, width, D))
+    for i, kv in enumerate(kvs):
+        if kv is not None and kv.shape[3]:
+            packed[:, :, i, :, width - kv.shape[3] :] = kv
+    return packed
 
 
 def prefill(
@@ -142,16 +154,7 @@ def prefill(
         ids[i, :ni] = torch.tensor(p[mi:])
         pos[i, :ni] = torch.arange(mi, mi + ni)
         attn[i, P - mi : P + ni] = 1
-    if P:
-        ref = next(h[1] for h in hits if h[1] is not None)
-        nl, _, H, _, D = ref.shape
-        past_kv = ref.new_zeros((nl, 2, B, H, P, D))
-        for i, (mi, kv) in enumerate(zip(m, (h[1] for h in hits), strict=True)):
-            if mi:
-                past_kv[:, :, i, :, P - mi :] = kv
-        past = new_cache(past_kv)
-    else:
-        past = new_cache_empty()
+    past = new_cache(pack_right([h[1] for h in hits], P) if P else None)
     keep = sorted(set(ni - 1 for ni in n))
     out = model(
         input_ids=ids.to(device),
@@ -170,12 +173,6 @@ def prefill(
         prefix_cache.insert(p, kv)
         results.append((kv, out.logits[i, keep.index(ni - 1)].float(), mi))
     return results
-
-
-def new_cache_empty():
-    from transformers import DynamicCache
-
-    return DynamicCache()
 
 
 def prefill_groups(lengths: list[int], slack: int = 256) -> list[list[int]]:
@@ -206,10 +203,6 @@ class DecodeBatch:
         self.pad_id = pad_id
         self._slot = {id(r): i for i, r in enumerate(rows)}
 
-    @property
-    def length(self) -> int:
-        return self.attn.shape[1]
-
     def live(self) -> list[Seq]:
         return [r for r in self.rows if not r.done]
 
@@ -230,12 +223,9 @@ class DecodeBatch:
         their prefill KV."""
         kvs = [r.kv if r.kv is not None else old.row_kv(r) for r in rows]
         Lb = max(r.kv_len for r in rows)
-        nl, _, H, _, D = kvs[0].shape
-        ref = kvs[0]
-        packed = ref.new_zeros((nl, 2, len(rows), H, Lb, D))
-        attn = torch.zeros((len(rows), Lb), dtype=torch.long, device=ref.device)
-        for i, (r, kv) in enumerate(zip(rows, kvs, strict=True)):
-            packed[:, :, i, :, Lb - r.kv_len :] = kv
+        packed = pack_right(kvs, Lb)
+        attn = torch.zeros((len(rows), Lb), dtype=torch.long, device=packed.device)
+        for i, r in enumerate(rows):
             attn[i, Lb - r.kv_len :] = 1
             r.kv = None
         return cls(rows, new_cache(packed), attn, pad_id)

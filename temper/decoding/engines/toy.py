@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from temper.decoding.engine import (
-    ContextLengthError,
     EngineStats,
     Sample,
     SampleSpec,
@@ -27,6 +26,7 @@ from temper.decoding.engine import (
     TokenCallback,
     TokenDraw,
     check_fits,
+    score_starts,
 )
 from temper.triton_kernels.tempered_sample import tempered_sample
 
@@ -193,13 +193,9 @@ class ToyEngine:
     async def score(
         self, sequences: Sequence[Sequence[int]], start: int | Sequence[int] = 1, top_k: int = 0
     ) -> list[Scored]:
-        starts = [start] * len(sequences) if isinstance(start, int) else list(start)
+        starts = score_starts(sequences, start, self.max_context)
         out = []
         for seq, s0 in zip(sequences, starts, strict=True):
-            if s0 < 1 or s0 > len(seq):
-                raise ValueError(f"start: must be in [1, {len(seq)}], got {s0}")
-            if len(seq) > self.max_context:
-                raise ContextLengthError(f"sequence: {len(seq)} tokens exceed the context")
             lps = [self.model.logprobs(tuple(seq[:j])) for j in range(s0, len(seq))]
             logp = np.array([lp[seq[j]] for lp, j in zip(lps, range(s0, len(seq)), strict=True)], dtype=np.float32)
             sc = Scored(logp)
