@@ -108,7 +108,7 @@ class ToyTokenizer:
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         ids = [ord(c) - ord("a") for c in text if 0 <= ord(c) - ord("a") < self.vocab_size - 1]
-        return ids or [0]
+        return ids or [0]  # engines need a non-empty prefix; unknown text maps to token 0
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         return "".join("" if i in self.eos_ids else chr(ord("a") + int(i)) for i in ids)

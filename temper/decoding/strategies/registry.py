@@ -49,11 +49,7 @@ def strategies() -> Mapping[str, Strategy]:
         except Exception as exc:  # a broken plugin must not take the server down
             log.warning("skipping strategy plugin %s: %s", ep.name, exc)
     for name, target in BUILTINS.items():
-        try:
-            table[name] = _load(target)()
-        except ModuleNotFoundError as exc:
-            if not exc.name or not exc.name.startswith("temper.decoding.strategies"):
-                raise
+        table[name] = _load(target)()
     return table
 
 
