@@ -60,6 +60,7 @@ def test_model_specs():
         (["serve", "--model", "m=./nowhere"], "--model m=./nowhere"),
         (["serve", "--port", "70000"], "port"),
         (["serve", "--max-queue", "0"], "max_queue"),
+        (["serve", "--synthesis-template", "no placeholder"], "synthesis_template"),
     ],
 )
 def test_start_up_errors_are_one_clear_line(capsys, argv, needle):

@@ -49,6 +49,9 @@ def test_stop_strings_are_held_back_and_never_sent(tok):
     sent = "".join(ct.push(t) for t in tok.encode("abcST"))
     assert sent == "ab"  # "cST" might still become a stop string
     assert ct.finish("abcST") == "cST"
+    ct = ChoiceText(tok, ["LONGSTOP", "x"])  # the earliest stop wins, whatever its length
+    sent = "".join(ct.push(t) for t in tok.encode("abcdefghijLONGSTOPx"))
+    assert sent == "abcdefghij" and ct.text == "abcdefghij" and ct.stopped
 
 
 def test_replay_clips_to_the_final_text(tok):

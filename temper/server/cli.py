@@ -42,6 +42,7 @@ def serve(args: argparse.Namespace) -> int:
 
     try:
         config = config_from_args(args)
+        config.strategy_options()  # validates --synthesis-template before any model loads
     except ValueError as exc:
         print(f"temper serve: error: {exc}", file=sys.stderr)
         return 2

@@ -108,7 +108,11 @@ class ServerConfig:
         if self.synthesis_template is not None:
             path = Path(self.synthesis_template)
             is_file = len(self.synthesis_template) < 4096 and path.is_file()
-            options["synthesis_template"] = path.read_text() if is_file else self.synthesis_template
+            text = path.read_text() if is_file else self.synthesis_template
+            from temper.decoding.synthesis_prompt import check_template  # strategies import late
+
+            check_template(text, "synthesis_template")  # a ParamError (ValueError) naming the flag
+            options["synthesis_template"] = text
         return options
 
 

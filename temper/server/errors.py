@@ -20,6 +20,8 @@ from temper.decoding.strategies.base import ParamError
 
 log = logging.getLogger(__name__)
 
+CLIENT_GONE = 499  # nginx's "client closed request": recorded in metrics, never sent
+
 ERROR_TYPES = {
     400: "BadRequestError",
     401: "AuthenticationError",
@@ -27,8 +29,8 @@ ERROR_TYPES = {
     404: "NotFoundError",
     405: "MethodNotAllowedError",
     429: "RateLimitError",
+    CLIENT_GONE: "ClientClosedRequest",
     500: "InternalServerError",
-    499: "ClientClosedRequest",
     504: "TimeoutError",
 }
 
@@ -63,7 +65,7 @@ class ClientGone(APIError):
     """The client disconnected before its answer was ready (nginx's 499: counted, never sent)."""
 
     def __init__(self) -> None:
-        super().__init__(499, "client closed the connection", type="ClientClosedRequest")
+        super().__init__(CLIENT_GONE, "client closed the connection")
 
 
 def bad_request(message: str, param: str | None = None) -> APIError:

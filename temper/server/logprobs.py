@@ -58,12 +58,8 @@ class TokenLogprobs:
     def __add__(self, other: TokenLogprobs) -> TokenLogprobs:
         return TokenLogprobs(self.tokens + other.tokens, self.logp + other.logp, self.top + other.top)
 
-    def head(self, n: int) -> TokenLogprobs:
-        return TokenLogprobs(self.tokens[:n], self.logp[:n], self.top[:n])
-
-    def tail(self, n: int) -> TokenLogprobs:
-        """All but the first n (a stream's entries not sent yet)."""
-        return TokenLogprobs(self.tokens[n:], self.logp[n:], self.top[n:])
+    def __getitem__(self, part: slice) -> TokenLogprobs:
+        return TokenLogprobs(self.tokens[part], self.logp[part], self.top[part])
 
 
 def needs_scoring(c: Completion, k: int) -> bool:
@@ -81,10 +77,6 @@ async def fill_missing(engine: Engine, prompt: Sequence[int], completions: Seque
         c.logp, c.top_ids, c.top_logps = s.logp, s.top_ids, s.top_logps
 
 
-def completion_logprobs(c: Completion, k: int) -> TokenLogprobs:
-    return TokenLogprobs.of(c.tokens, c.logp, c.top_ids, c.top_logps, k)
-
-
 def kept(engine: Engine, c: Completion, text: str) -> int:
     """How many of a completion's tokens to report: all, unless the strategy cut its text at a
     stop string; then those whose text starts before the cut."""
@@ -92,6 +84,23 @@ def kept(engine: Engine, c: Completion, text: str) -> int:
         return len(c.tokens)
     offsets = text_offsets(engine.tokenizer, c.tokens)
     return sum(1 for o in offsets if o < len(text)) or min(1, len(c.tokens))
+
+
+async def choice_outputs(
+    engine: Engine, prompt: Sequence[int], completions: Sequence[Completion], k: int | None
+) -> list[tuple[str, TokenLogprobs | None]]:
+    """Each completion's final text and, k given, the log-prob entries to report (scoring the
+    completions that came without them first)."""
+    if k is not None:
+        await fill_missing(engine, prompt, completions, k)
+    out = []
+    for c in completions:
+        text = c.text if c.text is not None else engine.tokenizer.decode(c.tokens)
+        lp = None
+        if k is not None:
+            lp = TokenLogprobs.of(c.tokens, c.logp, c.top_ids, c.top_logps, k)[: kept(engine, c, text)]
+        out.append((text, lp))
+    return out
 
 
 def legacy(tt: TokenText, lp: TokenLogprobs, start_offset: int = 0, offsets: Sequence[int] | None = None) -> dict:

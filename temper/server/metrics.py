@@ -127,6 +127,11 @@ class RequestRecord:
     first_token_at: float | None = None
     done: bool = False
 
+    def count(self, usage: Mapping[str, int]) -> None:
+        """Take the token counts of the response's `usage` field."""
+        self.prompt_tokens = usage["prompt_tokens"]
+        self.completion_tokens = usage["completion_tokens"]
+
     def first_token(self) -> None:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()

@@ -6,6 +6,7 @@ reason, so `temper serve` can print it and exit instead of showing a traceback.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -47,8 +48,6 @@ def model_specs(config: ServerConfig) -> list[tuple[str, str]]:
 
 def load_engines(config: ServerConfig) -> dict[str, Engine]:
     """Load every --model (HF transformers engines); the dict's first entry is the default."""
-    import os
-
     import torch
 
     from temper.decoding.engines.hf import EngineLoadError, HFEngine

@@ -4,7 +4,7 @@ Unknown fields are ignored, as vLLM does, so newer clients keep working; fields 
 honour (penalties, logit_bias, tools...) are rejected with a 400 by `serving.reject_unsupported`
 rather than silently dropped. Values are checked where they are used: sampling fields by
 `SamplingSettings`, the `decoding` object by the chosen strategy's `Params`. Response bodies
-are built as plain dicts in `responses.py`, field for field OpenAI's.
+are built as plain dicts by the routes (and `serving.response_body`), field for field OpenAI's.
 """
 
 from __future__ import annotations
@@ -48,6 +48,10 @@ class GenerationRequest(_Body):
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def include_usage(self) -> bool:
+        """A streamed response ends with a usage chunk (stream_options.include_usage)."""
+        return bool(self.stream_options and self.stream_options.include_usage)
 
 
 class CompletionRequest(GenerationRequest):

@@ -4,15 +4,16 @@ stream. Holds the in-flight slot for exactly as long as the work (or the stream)
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from temper.decoding.strategies.base import StrategyResult
+from temper.server.errors import CLIENT_GONE
 from temper.server.metrics import RequestRecord
-from temper.server.serving import CLIENT_GONE, Job, run_jobs
+from temper.server.serving import Job, run_jobs
 from temper.server.streaming import ChunkWriter, SSEResponse, stream_jobs
 
 
@@ -20,8 +21,8 @@ from temper.server.streaming import ChunkWriter, SSEResponse, stream_jobs
 class StreamPlan:
     writer: ChunkWriter
     logprobs_k: int | None
-    include_usage: bool
-    preamble: Sequence[dict] = field(default_factory=list)
+    # chunks sent before any job's (an echoed prompt), worked out once the request is admitted
+    preamble: Callable[[], Awaitable[Sequence[dict]]] | None = None
 
 
 async def respond(
@@ -34,6 +35,11 @@ async def respond(
     state = request.app.state
     state.admission.enter()
     if stream is not None:
+        try:
+            preamble = await stream.preamble() if stream.preamble is not None else ()
+        except BaseException:
+            state.admission.leave()
+            raise
 
         def close() -> None:
             state.admission.leave()
@@ -47,16 +53,13 @@ async def respond(
             heartbeat=config.heartbeat_interval,
             timeout=config.request_timeout or None,
             logprobs_k=stream.logprobs_k,
-            include_usage=stream.include_usage,
-            preamble=stream.preamble,
+            preamble=preamble,
         )
         return SSEResponse(body, on_close=close)
     try:
         results = await run_jobs(request, jobs)
         payload = await build(results)
-        usage = payload.get("usage") or {}
-        record.prompt_tokens = usage.get("prompt_tokens", 0)
-        record.completion_tokens = usage.get("completion_tokens", 0)
+        record.count(payload["usage"])
         record.finish(200)
         return JSONResponse(payload)
     finally:

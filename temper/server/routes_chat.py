@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from temper.decoding.engine import Engine
 from temper.decoding.strategies.base import Completion, StrategyResult
 from temper.server.errors import bad_request
-from temper.server.logprobs import TokenLogprobs, chat_content, completion_logprobs, fill_missing, kept
+from temper.server.logprobs import TokenLogprobs, chat_content, choice_outputs
 from temper.server.metrics import RequestRecord
 from temper.server.protocol import ChatCompletionRequest, ChatMessage
 from temper.server.respond import StreamPlan, respond
@@ -24,7 +24,9 @@ from temper.server.serving import (
     resolve_model,
     response_body,
     sampling_settings,
+    with_metadata,
 )
+from temper.server.streaming import ChunkWriter
 from temper.server.text import TokenText
 
 router = APIRouter()
@@ -62,44 +64,33 @@ def render_chat(engine: Engine, messages: list[dict[str, str]], add_generation_p
         raise bad_request(f"messages: the model's chat template rejected them: {exc}", "messages") from None
 
 
-class ChatChunks:
+def _logprobs(tt: TokenText, lp: TokenLogprobs | None) -> dict | None:
+    return {"content": chat_content(tt, lp)} if lp is not None else None
+
+
+class ChatChunks(ChunkWriter):
     """Chunk shapes of a streamed chat.completion: a role delta first for every choice."""
 
     def __init__(self, rid: str, created: int, model: str, tt: TokenText, include_usage: bool):
-        self.base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
-        self.tt = tt
-        self.include_usage = include_usage
+        base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
+        super().__init__({**base, "system_fingerprint": None}, tt, include_usage)
         self.seen: set[int] = set()
-
-    def _chunk(self, choice: dict, **extra) -> dict:
-        out = {**self.base, "system_fingerprint": None, "choices": [choice], **extra}
-        if self.include_usage:
-            out["usage"] = None
-        return out
 
     def _opening(self, index: int) -> list[dict]:
         if index in self.seen:
             return []
         self.seen.add(index)
         delta = {"role": "assistant", "content": ""}
-        return [self._chunk({"index": index, "delta": delta, "logprobs": None, "finish_reason": None})]
-
-    def _logprobs(self, lp: TokenLogprobs | None) -> dict | None:
-        return {"content": chat_content(self.tt, lp)} if lp is not None else None
+        return [self.chunk({"index": index, "delta": delta, "logprobs": None, "finish_reason": None})]
 
     def delta(self, index, text, lp):
-        choice = {"index": index, "delta": {"content": text}, "logprobs": self._logprobs(lp), "finish_reason": None}
-        return self._opening(index) + [self._chunk(choice)]
+        choice = {"index": index, "delta": {"content": text}, "logprobs": _logprobs(self.tt, lp), "finish_reason": None}
+        return self._opening(index) + [self.chunk(choice)]
 
-    def final(self, index, text, lp, reason, c: Completion, decoding):
+    def final(self, index, text, lp, c: Completion, decoding):
         delta = {"content": text} if text else {}
-        choice = {"index": index, "delta": delta, "logprobs": self._logprobs(lp), "finish_reason": reason}
-        if c.metadata:
-            choice["decoding"] = c.metadata
-        return self._opening(index) + [self._chunk(choice, decoding=decoding)]
-
-    def usage(self, usage, decoding):
-        return {**self.base, "system_fingerprint": None, "choices": [], "usage": usage, "decoding": decoding}
+        choice = {"index": index, "delta": delta, "logprobs": _logprobs(self.tt, lp), "finish_reason": c.finish_reason}
+        return self._opening(index) + [self.final_chunk(choice, c, decoding)]
 
 
 @router.post("/v1/chat/completions")
@@ -129,28 +120,22 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
 
         async def build(results: list[StrategyResult]) -> dict:
             (job,), (result,) = jobs, results
-            if k is not None:
-                await fill_missing(engine, job.req.prompt, result.completions, k)
-            choices = []
-            for i, c in enumerate(result.completions):
-                text = c.text if c.text is not None else engine.tokenizer.decode(c.tokens)
-                logprobs = None
-                if k is not None:
-                    lp = completion_logprobs(c, k).head(kept(engine, c, text))
-                    logprobs = {"content": chat_content(tt, lp)}
-                choice = {
-                    "index": i,
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": logprobs,
-                    "finish_reason": c.finish_reason,
-                }
-                if c.metadata:
-                    choice["decoding"] = c.metadata
-                choices.append(choice)
+            outputs = await choice_outputs(engine, job.req.prompt, result.completions, k)
+            choices = [
+                with_metadata(
+                    {
+                        "index": i,
+                        "message": {"role": "assistant", "content": text},
+                        "logprobs": _logprobs(tt, lp),
+                        "finish_reason": c.finish_reason,
+                    },
+                    c,
+                )
+                for i, (c, (text, lp)) in enumerate(zip(result.completions, outputs, strict=True))
+            ]
             return response_body("chat.completion", rid, created, name, choices, jobs, results)
 
         plan = None
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            plan = StreamPlan(ChatChunks(rid, created, name, tt, include_usage), k, include_usage)
+            plan = StreamPlan(ChatChunks(rid, created, name, tt, body.include_usage()), k)
         return await respond(request, jobs, record, build, plan)

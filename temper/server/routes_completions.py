@@ -17,7 +17,7 @@ from fastapi.responses import Response
 from temper.decoding.engine import Engine
 from temper.decoding.strategies.base import Completion, StrategyResult
 from temper.server.errors import bad_request
-from temper.server.logprobs import TokenLogprobs, completion_logprobs, fill_missing, kept, legacy
+from temper.server.logprobs import TokenLogprobs, choice_outputs, legacy
 from temper.server.metrics import RequestRecord
 from temper.server.protocol import CompletionRequest
 from temper.server.respond import StreamPlan, respond
@@ -30,7 +30,9 @@ from temper.server.serving import (
     resolve_model,
     response_body,
     sampling_settings,
+    with_metadata,
 )
+from temper.server.streaming import ChunkWriter
 from temper.server.text import OffsetCounter, TokenText
 
 router = APIRouter()
@@ -65,22 +67,15 @@ async def echo_logprobs(engine: Engine, prompt: Sequence[int], k: int) -> TokenL
     return head + TokenLogprobs.of(prompt[1:], scored.logp, scored.top_ids, scored.top_logps, k)
 
 
-class CompletionChunks:
+class CompletionChunks(ChunkWriter):
     """Chunk shapes of a streamed text_completion."""
 
     def __init__(self, rid: str, created: int, model: str, tt: TokenText, include_usage: bool):
-        self.base = {"id": rid, "object": "text_completion", "created": created, "model": model}
-        self.tt = tt
-        self.include_usage = include_usage
+        base = {"id": rid, "object": "text_completion", "created": created, "model": model}
+        super().__init__(base, tt, include_usage)
         # text_offset per choice counted over every entry it sent (echo, deltas, final) in one
         # pass, so the chunks' offsets are exactly the non-streamed response's
         self.offsets: dict[int, OffsetCounter] = {}
-
-    def _chunk(self, choice: dict, **extra) -> dict:
-        out = {**self.base, "choices": [choice], **extra}
-        if self.include_usage:
-            out["usage"] = None
-        return out
 
     def _choice(self, index: int, text: str, lp: TokenLogprobs | None, reason: str | None) -> dict:
         logprobs = None
@@ -90,16 +85,10 @@ class CompletionChunks:
         return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
 
     def delta(self, index, text, lp):
-        return [self._chunk(self._choice(index, text, lp, None))]
+        return [self.chunk(self._choice(index, text, lp, None))]
 
-    def final(self, index, text, lp, reason, c: Completion, decoding):
-        choice = self._choice(index, text, lp, reason)
-        if c.metadata:
-            choice["decoding"] = c.metadata
-        return [self._chunk(choice, decoding=decoding)]
-
-    def usage(self, usage, decoding):
-        return {**self.base, "choices": [], "usage": usage, "decoding": decoding}
+    def final(self, index, text, lp, c: Completion, decoding):
+        return [self.final_chunk(self._choice(index, text, lp, c.finish_reason), c, decoding)]
 
 
 @router.post("/v1/completions")
@@ -117,8 +106,6 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
             top_logprobs=k or 0,
             aliases={"top_logprobs": "logprobs"},
         )
-        if k is not None and k < 0:
-            raise bad_request(f"logprobs: must be >= 0, got {k}", "logprobs")
         prompts = encode_prompts(engine, body.prompt)
         for ids, _ in prompts:
             check_prompt(engine, ids, settings.max_tokens, "prompt")
@@ -138,13 +125,10 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
             choices = []
             for job, result in zip(jobs, results, strict=True):
                 echo_text, echo_lp = await echo_parts(job)
-                if k is not None:
-                    await fill_missing(engine, job.req.prompt, result.completions, k)
-                for c in result.completions:
-                    text = c.text if c.text is not None else engine.tokenizer.decode(c.tokens)
+                outputs = await choice_outputs(engine, job.req.prompt, result.completions, k)
+                for c, (text, lp) in zip(result.completions, outputs, strict=True):
                     logprobs = None
-                    if k is not None:
-                        lp = completion_logprobs(c, k).head(kept(engine, c, text))
+                    if lp is not None:
                         logprobs = legacy(tt, echo_lp + lp if echo_lp is not None else lp)
                     choice = {
                         "index": len(choices),
@@ -152,20 +136,21 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
                         "logprobs": logprobs,
                         "finish_reason": c.finish_reason,
                     }
-                    if c.metadata:
-                        choice["decoding"] = c.metadata
-                    choices.append(choice)
+                    choices.append(with_metadata(choice, c))
             return response_body("text_completion", rid, created, name, choices, jobs, results)
 
         plan = None
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            writer = CompletionChunks(rid, created, name, tt, include_usage)
-            preamble = []
-            for job in jobs:
-                echo_text, echo_lp = await echo_parts(job)
-                if body.echo:
+            writer = CompletionChunks(rid, created, name, tt, body.include_usage())
+
+            async def echoes() -> list[dict]:
+                """Every choice's echoed prompt, first in its stream."""
+                chunks = []
+                for job in jobs:
+                    echo_text, echo_lp = await echo_parts(job)
                     for i in range(job.stride):
-                        preamble += writer.delta(job.prompt_index * job.stride + i, echo_text, echo_lp)
-            plan = StreamPlan(writer, k, include_usage, preamble)
+                        chunks += writer.delta(job.prompt_index * job.stride + i, echo_text, echo_lp)
+                return chunks
+
+            plan = StreamPlan(writer, k, echoes if body.echo else None)
         return await respond(request, jobs, record, build, plan)

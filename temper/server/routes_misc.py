@@ -15,6 +15,7 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from temper.decoding.engine import Engine
 from temper.decoding.strategies.base import MAX_TOP_LOGPROBS
 from temper.server.errors import bad_request, request_timeout
 from temper.server.logprobs import TokenLogprobs
@@ -27,6 +28,12 @@ from temper.server.text import TokenText
 
 router = APIRouter()  # behind the API key
 open_router = APIRouter()  # never behind it
+
+
+def check_token_ids(engine: Engine, ids: list[int], param: str) -> None:
+    vocab = engine.tokenizer.vocab_size
+    if any(not 0 <= t < vocab for t in ids):
+        raise bad_request(f"{param}: token ids must be in [0, {vocab})", param)
 
 
 @open_router.get("/health")
@@ -70,10 +77,8 @@ async def score(body: LogprobsRequest, request: Request) -> Response:
         if not 0 <= k <= MAX_TOP_LOGPROBS:
             raise bad_request(f"top_logprobs: must be in [0, {MAX_TOP_LOGPROBS}], got {k}", "top_logprobs")
         seqs = [ids for ids, _ in encode_prompts(engine, body.prompt, body.add_special_tokens)]
-        vocab = engine.tokenizer.vocab_size
         for ids in seqs:
-            if any(not 0 <= t < vocab for t in ids):
-                raise bad_request(f"prompt: token ids must be in [0, {vocab})", "prompt")
+            check_token_ids(engine, ids, "prompt")
             if len(ids) > engine.max_context:
                 raise bad_request(
                     f"prompt: {len(ids)} tokens exceed the model's context of {engine.max_context}", "prompt"
@@ -109,9 +114,9 @@ async def score(body: LogprobsRequest, request: Request) -> Response:
                 }
             )
         n_tokens = sum(len(ids) for ids in seqs)
-        record.prompt_tokens = n_tokens
-        record.finish(200)
         usage = {"prompt_tokens": n_tokens, "completion_tokens": 0, "total_tokens": n_tokens}
+        record.count(usage)
+        record.finish(200)
         return JSONResponse({"object": "list", "model": name, "data": data, "usage": usage})
 
 
@@ -132,7 +137,5 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict:
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, request: Request) -> dict:
     _, engine = resolve_model(request, body.model)
-    vocab = engine.tokenizer.vocab_size
-    if any(not 0 <= t < vocab for t in body.tokens):
-        raise bad_request(f"tokens: token ids must be in [0, {vocab})", "tokens")
+    check_token_ids(engine, body.tokens, "tokens")
     return {"prompt": engine.tokenizer.decode(body.tokens)}

@@ -3,7 +3,8 @@ prompts) with every check that must become a 400, the in-flight limit, and runni
 strategy calls under the client's connection and the server's timeout.
 
 Per-request state lives in Job objects and locals; app-wide state (engines, config, metrics,
-admission) is read from app.state and never written per request. No response shaping here.
+admission) is read from app.state and never written per request. Of the responses, only the
+parts both routes share: usage, the `decoding` field and the envelope.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from temper.decoding.engine import Engine
 from temper.decoding.strategies.base import (
+    Completion,
     DecodeRequest,
     ParamError,
     SamplingSettings,
@@ -41,8 +43,6 @@ from temper.server.metrics import RequestRecord
 from temper.server.protocol import GenerationRequest
 
 log = logging.getLogger(__name__)
-
-CLIENT_GONE = 499  # nginx's "client closed request": recorded in metrics, never sent
 
 
 class Admission:
@@ -278,10 +278,17 @@ def usage(jobs: Sequence[Job], results: Sequence[StrategyResult]) -> dict[str, i
 def decoding_field(jobs: Sequence[Job], results: Sequence[StrategyResult]) -> dict[str, Any]:
     """The response's `decoding` field: the strategy's metadata (one entry per prompt when a
     completions request had several)."""
-    name = jobs[0].strategy.name if jobs else "sample"
+    name = jobs[0].strategy.name
     if len(results) == 1:
         return {"strategy": name, **results[0].metadata}
     return {"strategy": name, "prompts": [dict(r.metadata) for r in results]}
+
+
+def with_metadata(choice: dict[str, Any], c: Completion) -> dict[str, Any]:
+    """A response choice plus its completion's own strategy metadata, when it has any."""
+    if c.metadata:
+        choice["decoding"] = c.metadata
+    return choice
 
 
 def response_body(

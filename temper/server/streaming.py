@@ -16,20 +16,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from starlette.responses import StreamingResponse
 
 from temper.decoding.engine import TokenDraw, Tokenizer
 from temper.decoding.strategies.base import Completion
-from temper.server.errors import request_timeout
-from temper.server.logprobs import TokenLogprobs, completion_logprobs, fill_missing, kept
+from temper.server.errors import CLIENT_GONE, request_timeout
+from temper.server.logprobs import TokenLogprobs, choice_outputs
 from temper.server.metrics import RequestRecord
-from temper.server.serving import CLIENT_GONE, Job, decoding_field, start, stop, strategy_error, usage
-from temper.server.text import ChoiceText
+from temper.server.serving import Job, decoding_field, start, stop, strategy_error, usage, with_metadata
+from temper.server.text import ChoiceText, IncrementalDetokenizer, TokenText
+
+log = logging.getLogger(__name__)
 
 DONE = "data: [DONE]\n\n"
 HEARTBEAT = ": heartbeat\n\n"
@@ -39,18 +42,33 @@ def sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
-class ChunkWriter(Protocol):
-    """The route's chunk shapes (each call returns the chunks to send, possibly none)."""
+class ChunkWriter:
+    """A route's chunk shapes: every chunk is `base` (id, object, created, model...) plus its
+    choices. Routes implement delta and final; each returns the chunks to send, possibly none."""
 
-    def delta(self, index: int, text: str, lp: TokenLogprobs | None) -> list[dict]: ...
+    def __init__(self, base: dict[str, Any], tt: TokenText, include_usage: bool):
+        self.base = base
+        self.tt = tt
+        self.include_usage = include_usage
 
-    def final(
-        self, index: int, text: str, lp: TokenLogprobs | None, reason: str, c: Completion, decoding: dict
-    ) -> list[dict]:
-        """The choice's last chunk; lp holds the entries no earlier chunk sent."""
-        ...
+    def chunk(self, choice: dict, **extra: Any) -> dict:
+        out = {**self.base, "choices": [choice], **extra}
+        if self.include_usage:
+            out["usage"] = None
+        return out
 
-    def usage(self, usage: dict, decoding: dict) -> dict: ...
+    def final_chunk(self, choice: dict, c: Completion, decoding: dict) -> dict:
+        return self.chunk(with_metadata(choice, c), decoding=decoding)
+
+    def delta(self, index: int, text: str, lp: TokenLogprobs | None) -> list[dict]:
+        raise NotImplementedError
+
+    def final(self, index: int, text: str, lp: TokenLogprobs | None, c: Completion, decoding: dict) -> list[dict]:
+        """The choice's last chunks (finish_reason: c's); lp holds the entries no earlier chunk sent."""
+        raise NotImplementedError
+
+    def usage(self, usage: dict, decoding: dict) -> dict:
+        return {**self.base, "choices": [], "usage": usage, "decoding": decoding}
 
 
 class SSEResponse(StreamingResponse):
@@ -74,23 +92,19 @@ def replay(
 ) -> Iterator[tuple[str, TokenLogprobs | None]]:
     """A finished completion as (text piece, its tokens' log-probs) per token, clipped to the
     final text; the last piece carries whatever text and log-probs remain."""
-    ct, sent, lp_from = ChoiceText(tokenizer), "", 0
+    detok, sent, lp_from = IncrementalDetokenizer(tokenizer), "", 0
     for j, tok in enumerate(c.tokens):
-        piece = ct.push(tok)
+        piece = detok.push(tok)
         if not piece:
             continue
         if not final_text.startswith(sent + piece):
             break
-        yield piece, (_slice(lp, lp_from, j + 1) if lp is not None else None)
+        yield piece, (lp[lp_from : j + 1] if lp is not None else None)
         sent, lp_from = sent + piece, j + 1
     rest = final_text[len(sent) :]
-    tail = _slice(lp, lp_from, len(lp.tokens)) if lp is not None else None
+    tail = lp[lp_from:] if lp is not None else None
     if rest or (tail is not None and tail.tokens):
         yield rest, tail
-
-
-def _slice(lp: TokenLogprobs, a: int, b: int) -> TokenLogprobs:
-    return TokenLogprobs(lp.tokens[a:b], lp.logp[a:b], lp.top[a:b])
 
 
 class StreamedChoice:
@@ -133,7 +147,7 @@ class StreamedChoice:
 
     def finish(self, final_text: str, lp: TokenLogprobs | None) -> tuple[str, TokenLogprobs | None]:
         """The text and entries left to send, given the completion's final text and entries."""
-        return self.text.finish(final_text), (lp.tail(self.sent) if lp is not None else None)
+        return self.text.finish(final_text), (lp[self.sent :] if lp is not None else None)
 
 
 async def stream_jobs(
@@ -144,7 +158,6 @@ async def stream_jobs(
     heartbeat: float,
     timeout: float | None,
     logprobs_k: int | None,
-    include_usage: bool,
     preamble: Sequence[dict] = (),
 ) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
@@ -202,43 +215,38 @@ async def stream_jobs(
                         yield sse(chunk)
                 continue
             pending -= 1
-            job, task = jobs[a], tasks[a]
-            if task.exception() is not None:
-                raise strategy_error(task.exception())
-            result = results[a] = task.result()
-            if logprobs_k is not None:
-                await fill_missing(engine, job.req.prompt, result.completions, logprobs_k)
+            job = jobs[a]
+            result = results[a] = tasks[a].result()  # a failed strategy raises here
             meta = {"strategy": job.strategy.name, **result.metadata}
-            for i, c in enumerate(result.completions):
+            outputs = await choice_outputs(engine, job.req.prompt, result.completions, logprobs_k)
+            for i, (c, (final_text, lp)) in enumerate(zip(result.completions, outputs, strict=True)):
                 if i < job.stride:
                     index = job.prompt_index * job.stride + i
                 else:
                     index, overflow = overflow, overflow + 1
-                final_text = c.text if c.text is not None else tokenizer.decode(c.tokens)
-                lp = None
-                if logprobs_k is not None:
-                    lp = completion_logprobs(c, logprobs_k).head(kept(engine, c, final_text))
                 if index in streams:  # streamed token by token: send what is left
                     rest, tail = streams[index].finish(final_text, lp)
-                    chunks = writer.final(index, rest, tail, c.finish_reason, c, meta)
+                    chunks = writer.final(index, rest, tail, c, meta)
                 else:
                     chunks = []
                     for piece, piece_lp in replay(tokenizer, c, final_text, lp):
                         record.first_token()
                         chunks += writer.delta(index, piece, piece_lp)
-                    chunks += writer.final(index, "", None, c.finish_reason, c, meta)
+                    chunks += writer.final(index, "", None, c, meta)
                 for chunk in chunks:
                     yield sse(chunk)
-        record.prompt_tokens = usage(jobs, results)["prompt_tokens"]
-        record.completion_tokens = usage(jobs, results)["completion_tokens"]
-        if include_usage:
-            yield sse(writer.usage(usage(jobs, results), decoding_field(jobs, results)))
+        totals = usage(jobs, results)
+        record.count(totals)
+        if writer.include_usage:
+            yield sse(writer.usage(totals, decoding_field(jobs, results)))
         status = 200
         yield DONE
     except Exception as exc:
         # headers are gone: the error travels as an event, as vLLM sends it
         err = strategy_error(exc)
         status = err.status
+        if status >= 500:  # a bug: logged as the error handler logs a non-streamed one
+            log.error("streamed request failed", exc_info=exc)
         yield sse(err.body())
         yield DONE
     finally:

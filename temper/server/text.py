@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 from temper.decoding.engine import Tokenizer
+from temper.decoding.strategies.stops import cut_at_stop
 
 REPLACEMENT = "\ufffd"
 
@@ -34,9 +35,8 @@ class TokenText:
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
-        hf = getattr(tokenizer, "hf", None)
-        self._hf = hf
-        self._special = set(getattr(hf, "added_tokens_decoder", {}) or {}) if hf is not None else set()
+        self._hf = hf = getattr(tokenizer, "hf", None)
+        self._special = set(getattr(hf, "added_tokens_decoder", None) or ())
         decoder = getattr(getattr(hf, "backend_tokenizer", None), "decoder", None)
         self._byte_level = type(decoder).__name__ == "ByteLevel"
         self.token_bytes = lru_cache(maxsize=65536)(self._token_bytes)
@@ -128,13 +128,12 @@ class ChoiceText:
         self.text += self.detok.push(token)
         safe = len(self.text)
         if self.stops:
+            # only text a stop string can still start in: the held-back tail and the new piece
             lo = max(0, self.sent - self.hold)
-            hits = [i for i in (self.text.find(s, lo) for s in self.stops) if i >= 0]
-            if hits:
-                self.text, self.stopped = self.text[: min(hits)], True
-                safe = len(self.text)
-            else:
-                safe = max(self.sent, len(self.text) - self.hold)
+            window, self.stopped = cut_at_stop(self.text[lo:], self.stops)
+            if self.stopped:
+                self.text = self.text[:lo] + window
+            safe = len(self.text) if self.stopped else max(self.sent, len(self.text) - self.hold)
         delta, self.sent = self.text[self.sent : safe], max(self.sent, safe)
         return delta
 
