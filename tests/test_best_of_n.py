@@ -7,7 +7,7 @@ import pytest
 
 from temper.decoding.strategies.base import Completion, DecodeRequest, ParamError, SamplingSettings
 from temper.decoding.strategies.registry import parse_decoding
-from temper.decoding.strategies.rollouts import sequence_score, token_logprobs
+from temper.decoding.strategies.rollouts import fill_logprobs, sequence_score
 
 
 def request(engine, **settings):
@@ -63,11 +63,19 @@ async def test_candidates_without_logprobs_are_rescored_in_one_call(toy_engine):
     req = request(toy_engine)
     comps = [Completion(tokens=[1, 2, 3], finish_reason="stop"), Completion(tokens=[2, 3], finish_reason="stop"),
              Completion(tokens=[0], finish_reason="length", logp=np.array([-0.25], dtype=np.float32))]
-    logps, rescored = await token_logprobs(req, comps)
     ref = await exact_scores(toy_engine, [0, 1], comps[:2])
-    np.testing.assert_allclose(logps[0], ref[0])
-    np.testing.assert_allclose(logps[1], ref[1])
-    assert logps[2].tolist() == [-0.25]
+    calls, score = [], toy_engine.score
+
+    async def counting_score(seqs, **kw):
+        calls.append(len(seqs))
+        return await score(seqs, **kw)
+
+    toy_engine.score = counting_score
+    rescored = await fill_logprobs(req, comps)
+    assert calls == [2]  # one call, for the two without log-probs
+    np.testing.assert_allclose(comps[0].logp, ref[0])
+    np.testing.assert_allclose(comps[1].logp, ref[1])
+    assert comps[2].logp.tolist() == [-0.25]
     assert rescored == 5
     assert sequence_score(np.zeros(0)) == float("-inf")
     assert sequence_score(np.array([-1.0, -3.0])) == -2.0

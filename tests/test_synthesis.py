@@ -265,11 +265,14 @@ def test_even_caps(lengths, budget, want):
 def test_build_prompt_fits_exactly_when_cut():
     tok = ByteTokenizer()
     rollouts = ["x" * 100, "y" * 10, "z" * 100]
-    p = build_prompt(tok, rollouts, template="{rollouts}", max_prompt_tokens=150)
+    p = build_prompt(tok, rollouts, template="{rollouts}", max_context=160, answer_tokens=10)
     assert len(p.ids) <= 150 and p.truncated and p.kept[1] == 10
     assert p.ids == tok.apply_chat_template([{"role": "user", "content": p.text}])
-    full = build_prompt(tok, rollouts, template="{rollouts}", max_prompt_tokens=10_000)
+    full = build_prompt(tok, rollouts, template="{rollouts}", max_context=10_000)
     assert not full.truncated and full.kept == full.lengths == [100, 10, 100]
+    # no answer_tokens: room for an answer as long as the longest rollout, at most half the context
+    assert len(build_prompt(tok, rollouts, template="{rollouts}", max_context=250).ids) == 150
+    assert len(build_prompt(tok, ["x" * 600, "y"], template="{rollouts}", max_context=1000).ids) == 500
 
 
 # ---------------------------------------------------------------- real model (HF engine)

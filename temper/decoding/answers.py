@@ -212,7 +212,7 @@ class Vote:
         return self.order[0]
 
 
-def _finite(x: float) -> float:
+def _nan_last(x: float) -> float:
     return x if not math.isnan(x) else -math.inf
 
 
@@ -224,7 +224,7 @@ def majority_vote(answers: Sequence[str | None], scores: Sequence[float]) -> Vot
         raise ValueError(f"answers and scores differ in length: {len(answers)} vs {len(scores)}")
     if not answers:
         raise ValueError("majority_vote needs at least one rollout")
-    sc = [_finite(float(x)) for x in scores]
+    sc = [_nan_last(float(x)) for x in scores]
     voters: dict[str, list[int]] = {}
     for i, a in enumerate(answers):
         if a is not None:

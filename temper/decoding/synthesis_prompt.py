@@ -55,8 +55,7 @@ _PLACEHOLDER = re.compile(r"\{(rollouts|count|question)\}")
 
 
 def check_template(template: Any, param: str = "decoding.template") -> str:
-    """The template text for a preset name or a template; ParamError naming `param` if bad.
-    Servers call this on their --synthesis-template flag at startup."""
+    """The template text for a preset name or a template; ParamError naming `param` if bad."""
     if not isinstance(template, str):
         raise ParamError(f"{param}: must be a string", param)
     if template in PRESETS:
@@ -140,15 +139,21 @@ def build_prompt(
     rollouts: Sequence[str],
     *,
     template: str,
-    max_prompt_tokens: int,
+    max_context: int,
+    answer_tokens: int | None = None,
     question: str | None = None,
 ) -> SynthesisPrompt:
-    """The anchor prompt for these rollouts in at most `max_prompt_tokens` tokens.
+    """The anchor prompt for these rollouts, leaving `answer_tokens` of the anchor's
+    `max_context` for the answer; None = as many as the longest rollout, within reason (at
+    least 1, at most half the context).
 
     Raises ContextLengthError when even the template with empty rollouts does not fit."""
     chat = lambda text: tokenizer.apply_chat_template([{"role": "user", "content": text}])
     enc = [tokenizer.encode(r, add_special_tokens=False) for r in rollouts]
     lengths = [len(e) for e in enc]
+    if answer_tokens is None:
+        answer_tokens = min(max([1, *lengths]), max_context // 2)
+    max_prompt_tokens = max_context - answer_tokens
     fixed = len(chat(render(template, [""] * len(rollouts), question)))
     if fixed > max_prompt_tokens:
         raise ContextLengthError(
@@ -169,9 +174,9 @@ def build_prompt(
         over = len(ids) - max_prompt_tokens
         if over <= 0:
             return SynthesisPrompt(ids=ids, text=text, lengths=lengths, kept=caps)
-        budget = max(budget - over, 0) if budget > 0 else -1
-        if budget < 0:
+        if budget == 0:
             break
+        budget = max(budget - over, 0)
     raise ContextLengthError(
         f"could not fit {len(rollouts)} rollouts into {max_prompt_tokens} prompt tokens"
     )

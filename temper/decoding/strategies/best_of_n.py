@@ -17,57 +17,40 @@ The helpers the rollout strategies share live in `rollouts.py`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from temper.decoding.strategies.base import DecodeRequest, Strategy, StrategyResult
+from temper.decoding.strategies.base import DecodeRequest, StrategyResult
 from temper.decoding.strategies.rollouts import (
     MAX_ROLLOUTS,
+    RolloutParams,
+    RolloutStrategy,
     check_n,
+    completion_text,
     draw_rollouts,
     json_floats,
-    parse_inner,
-    rollout_text,
     sequence_score,
-    token_logprobs,
 )
 
 
-class BestOfNParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class BestOfNParams(RolloutParams):
     candidates: int = Field(default=8, ge=1, le=MAX_ROLLOUTS)
     score: Literal["mean_logprob", "total_logprob"] = "mean_logprob"
-    inner: dict[str, Any] | None = None  # decoding object; default: sample, request settings
-    return_rollouts: bool = False  # candidate texts in the metadata
 
 
-class BestOfNStrategy(Strategy):
+class BestOfNStrategy(RolloutStrategy):
     name = "best_of_n"
     Params = BestOfNParams
 
-    def parse(self, raw: Mapping[str, Any]) -> BaseModel:
-        params = super().parse(raw)
-        parse_inner(params.inner, {"strategy": "sample"})  # fail at validation, not mid-request
-        return params
-
     async def run(self, req: DecodeRequest, params: BestOfNParams) -> StrategyResult:
         check_n(req, params.candidates, "candidates are drawn (decoding.candidates)")
-        inner = parse_inner(params.inner, {"strategy": "sample"})
-        drawn = await draw_rollouts(req, inner, params.candidates, 1, keep_logprobs=True)
+        drawn = await draw_rollouts(req, self.inner(params), params.candidates, choices=True)
         cands = drawn.completions
-        logps, rescored = await token_logprobs(req, cands)
-        scores = [sequence_score(lp, params.score) for lp in logps]
-        ranking = sorted(range(len(cands)), key=lambda i: (-scores[i], i))
-        chosen = ranking[: req.settings.n]
-        completions = []
+        scores = [sequence_score(c.logp, params.score) for c in cands]
+        chosen = sorted(range(len(cands)), key=lambda i: (-scores[i], i))[: req.settings.n]
         for i in chosen:
-            c = cands[i]
-            c.logp = logps[i] if len(logps[i]) == len(c.tokens) else c.logp
-            c.metadata = {**c.metadata, "candidate": i, "score": scores[i]}
-            completions.append(c)
+            cands[i].metadata = {**cands[i].metadata, "candidate": i, "score": scores[i]}
         meta: dict[str, Any] = {
             "strategy": self.name,
             "inner": drawn.metadata,
@@ -77,10 +60,10 @@ class BestOfNStrategy(Strategy):
             "tokens_generated": drawn.completion_tokens,
         }
         if params.return_rollouts:
-            meta["rollouts"] = [rollout_text(req, c) for c in cands]
+            meta["rollouts"] = [completion_text(req.engine.tokenizer, c) for c in cands]
         return StrategyResult(
-            completions=completions,
+            completions=[cands[i] for i in chosen],
             completion_tokens=drawn.completion_tokens,
-            extra_prompt_tokens=drawn.extra_prompt_tokens + rescored,
+            extra_prompt_tokens=drawn.extra_prompt_tokens,
             metadata=meta,
         )

@@ -1,5 +1,5 @@
 """Rollouts shared by the strategies that combine several answers (best_of_n,
-self_consistency, synthesis): parsing their `inner` decoding object, drawing G rollouts in one
+self_consistency, synthesis): their common Params and parsing, drawing G rollouts in one
 inner-strategy run, and scoring rollouts by their token log-probs. Not a strategy itself.
 """
 
@@ -7,22 +7,63 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import replace
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic_core import PydanticCustomError
 
-from temper.decoding.strategies.base import (
-    Completion,
-    DecodeRequest,
-    ParamError,
-    Strategy,
-    StrategyResult,
-    derive_seed,
-)
+from temper.decoding.answers import EXTRACTORS
+from temper.decoding.engine import Tokenizer
+from temper.decoding.strategies.base import Completion, DecodeRequest, ParamError, Strategy, StrategyResult, derive_seed
 
 MAX_ROLLOUTS = 64
 COMPOSITE = frozenset({"best_of_n", "self_consistency", "synthesis"})
+# The seed sub-stream of the rollouts: the same for all three strategies, so that for one seed
+# they see the same rollouts (synthesis draws its anchor's answers from sub-stream 2).
+ROLLOUT_STREAM = 1
+
+
+def _known_extractor(name: str) -> str:
+    if name not in EXTRACTORS:
+        raise PydanticCustomError(
+            "unknown_extractor",
+            "unknown extractor {name}; available: {available}",
+            {"name": repr(name), "available": ", ".join(sorted(EXTRACTORS))},
+        )
+    return name
+
+
+# The name of an answer extractor in temper.decoding.answers (checked when the request is parsed).
+ExtractorName = Annotated[str, AfterValidator(_known_extractor)]
+
+
+class RolloutParams(BaseModel):
+    """The fields every rollout strategy has; each adds its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inner: dict[str, Any] | None = None  # decoding object; default: the strategy's default_inner
+    return_rollouts: bool = False  # rollout texts in the metadata
+
+
+class RolloutStrategy(Strategy):
+    """Base of the strategies that combine rollouts drawn by an `inner` strategy."""
+
+    default_inner: ClassVar[Mapping[str, Any]] = {"strategy": "sample"}
+
+    def parse(self, raw: Mapping[str, Any]) -> BaseModel:
+        params = super().parse(raw)
+        self.check(params)
+        self.inner(params)  # fail at validation, not mid-request
+        return params
+
+    def check(self, params: Any) -> None:
+        """Checks of the validated Params beyond the model's own (ParamError naming the field)."""
+
+    def inner(self, params: Any) -> tuple[Strategy, BaseModel]:
+        return parse_inner(params.inner, self.default_inner)
 
 
 def parse_inner(raw: Mapping[str, Any] | None, default: Mapping[str, Any]) -> tuple[Strategy, BaseModel]:
@@ -52,49 +93,47 @@ def check_n(req: DecodeRequest, limit: int, what: str) -> None:
 
 
 async def draw_rollouts(
-    req: DecodeRequest, inner: tuple[Strategy, BaseModel], count: int, tag: int, *, keep_logprobs: bool
+    req: DecodeRequest, inner: tuple[Strategy, BaseModel], count: int, *, choices: bool
 ) -> StrategyResult:
     """`count` rollouts of the request's prompt by the inner strategy, which runs once with
     n = count (so `sample` makes one engine call of `count` specs, `power` runs `count` chains
-    side by side). Seeds come from a sub-stream `tag` of the request seed."""
+    side by side), seeded from sub-stream ROLLOUT_STREAM of the request seed.
+
+    Rollouts that may be returned as `choices` keep the request's logprob settings, and each
+    carries its raw token log-probs (`logp`): those the inner strategy left out are scored in
+    one engine call, whose re-fed tokens count as extra prompt tokens."""
     strategy, params = inner
-    overrides: dict[str, Any] = {"n": count, "seed": derive_seed(req.settings.seed, tag)}
-    if not keep_logprobs:
+    overrides: dict[str, Any] = {"n": count, "seed": derive_seed(req.settings.seed, ROLLOUT_STREAM)}
+    if not choices:
         overrides.update(logprobs=False, top_logprobs=0)
-    sub = DecodeRequest(
-        prompt=list(req.prompt),
-        settings=req.settings.updated(overrides),
-        engine=req.engine,
-        engines=req.engines,
-        prompt_text=req.prompt_text,
-        options=req.options,
-    )
+    sub = replace(req, settings=req.settings.updated(overrides), on_token=None)
     result = await strategy.run(sub, params)
     if len(result.completions) != count:
         raise RuntimeError(f"inner strategy {strategy.name!r} returned {len(result.completions)} of {count}")
+    if choices:
+        result.extra_prompt_tokens += await fill_logprobs(req, result.completions)
     return result
 
 
-def rollout_text(req: DecodeRequest, c: Completion) -> str:
-    return c.text if c.text is not None else req.engine.tokenizer.decode(c.tokens)
-
-
-async def token_logprobs(req: DecodeRequest, completions: list[Completion]) -> tuple[list[np.ndarray], int]:
-    """Raw per-token log-probs of each completion, and how many tokens had to be re-scored.
-    Completions without `logp` are scored in one engine call."""
-    missing = [i for i, c in enumerate(completions) if c.logp is None or len(c.logp) != len(c.tokens)]
-    out = [None if i in missing else np.asarray(c.logp, dtype=np.float32) for i, c in enumerate(completions)]
-    todo = [i for i in missing if completions[i].tokens]
+async def fill_logprobs(req: DecodeRequest, completions: list[Completion]) -> int:
+    """Give every completion its raw per-token log-probs, scoring those without them in one
+    engine call; returns how many tokens were re-scored."""
+    todo = []
+    for c in completions:
+        if c.logp is None or len(c.logp) != len(c.tokens):
+            c.logp = np.zeros(0, dtype=np.float32)
+            if c.tokens:
+                todo.append(c)
     if todo:
-        scored = await req.engine.score(
-            [list(req.prompt) + list(completions[i].tokens) for i in todo], start=len(req.prompt)
-        )
-        for i, sc in zip(todo, scored, strict=True):
-            out[i] = np.asarray(sc.logp, dtype=np.float32)
-    for i in missing:
-        if out[i] is None:
-            out[i] = np.zeros(0, dtype=np.float32)
-    return out, sum(len(completions[i].tokens) for i in todo)
+        scored = await req.engine.score([list(req.prompt) + list(c.tokens) for c in todo], start=len(req.prompt))
+        for c, sc in zip(todo, scored, strict=True):
+            c.logp = np.asarray(sc.logp, dtype=np.float32)
+    return sum(len(c.tokens) for c in todo)
+
+
+def completion_text(tokenizer: Tokenizer, c: Completion) -> str:
+    """The completion's text: the strategy's own (cut at a stop string), else its tokens decoded."""
+    return c.text if c.text is not None else tokenizer.decode(c.tokens)
 
 
 def sequence_score(logp: np.ndarray, kind: str = "mean_logprob") -> float:

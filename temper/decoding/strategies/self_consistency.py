@@ -17,69 +17,46 @@ rollout returned for an answer is its most likely one (mean token log-prob), the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from temper.decoding.answers import EXTRACTORS, extract_answer, majority_vote
-from temper.decoding.strategies.base import DecodeRequest, ParamError, Strategy, StrategyResult
+from temper.decoding.answers import extract_answer, majority_vote
+from temper.decoding.strategies.base import DecodeRequest, StrategyResult
 from temper.decoding.strategies.rollouts import (
     MAX_ROLLOUTS,
+    ExtractorName,
+    RolloutParams,
+    RolloutStrategy,
     check_n,
+    completion_text,
     draw_rollouts,
     json_floats,
-    parse_inner,
-    rollout_text,
     sequence_score,
-    token_logprobs,
 )
 
 
-def check_extractor(name: str) -> None:
-    if name not in EXTRACTORS:
-        raise ParamError(
-            f"decoding.extractor: unknown extractor {name!r}; available: {', '.join(sorted(EXTRACTORS))}",
-            "decoding.extractor",
-        )
-
-
-class SelfConsistencyParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SelfConsistencyParams(RolloutParams):
     rollouts: int = Field(default=8, ge=1, le=MAX_ROLLOUTS)
-    extractor: str = "auto"
-    inner: dict[str, Any] | None = None  # decoding object; default: sample, request settings
-    return_rollouts: bool = False  # rollout texts in the metadata
+    extractor: ExtractorName = "auto"
 
 
-class SelfConsistencyStrategy(Strategy):
+class SelfConsistencyStrategy(RolloutStrategy):
     name = "self_consistency"
     Params = SelfConsistencyParams
 
-    def parse(self, raw: Mapping[str, Any]) -> BaseModel:
-        params = super().parse(raw)
-        check_extractor(params.extractor)
-        parse_inner(params.inner, {"strategy": "sample"})
-        return params
-
     async def run(self, req: DecodeRequest, params: SelfConsistencyParams) -> StrategyResult:
         check_n(req, params.rollouts, "rollouts are drawn (decoding.rollouts)")
-        inner = parse_inner(params.inner, {"strategy": "sample"})
-        drawn = await draw_rollouts(req, inner, params.rollouts, 1, keep_logprobs=True)
+        drawn = await draw_rollouts(req, self.inner(params), params.rollouts, choices=True)
         rollouts = drawn.completions
-        logps, rescored = await token_logprobs(req, rollouts)
-        scores = [sequence_score(lp) for lp in logps]
-        texts = [rollout_text(req, c) for c in rollouts]
+        scores = [sequence_score(c.logp) for c in rollouts]
+        texts = [completion_text(req.engine.tokenizer, c) for c in rollouts]
         answers = [extract_answer(t, params.extractor) for t in texts]
         vote = majority_vote(answers, scores)
         chosen = vote.order[: req.settings.n]
-        completions = []
         for i in chosen:
-            c = rollouts[i]
             a = answers[i]
-            c.metadata = {**c.metadata, "rollout": i, "answer": a, "votes": vote.table.get(a, 0) if a else 0}
-            completions.append(c)
+            rollouts[i].metadata = {**rollouts[i].metadata, "rollout": i, "answer": a, "votes": vote.table.get(a, 0)}
         meta: dict[str, Any] = {
             "strategy": self.name,
             "inner": drawn.metadata,
@@ -94,8 +71,8 @@ class SelfConsistencyStrategy(Strategy):
         if params.return_rollouts:
             meta["rollouts"] = texts
         return StrategyResult(
-            completions=completions,
+            completions=[rollouts[i] for i in chosen],
             completion_tokens=drawn.completion_tokens,
-            extra_prompt_tokens=drawn.extra_prompt_tokens + rescored,
+            extra_prompt_tokens=drawn.extra_prompt_tokens,
             metadata=meta,
         )

@@ -26,38 +26,35 @@ synthesis's extracted answer (CaT's verifiable reward compares the two), tokens 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from temper.decoding.answers import extract_answer, majority_vote
 from temper.decoding.engine import ContextLengthError, Engine, Tokenizer
-from temper.decoding.strategies.base import Completion, DecodeRequest, ParamError, Strategy, StrategyResult
+from temper.decoding.strategies.base import DecodeRequest, ParamError, StrategyResult
 from temper.decoding.strategies.rollouts import (
     MAX_ROLLOUTS,
+    ExtractorName,
+    RolloutParams,
+    RolloutStrategy,
+    completion_text,
     draw_rollouts,
-    parse_inner,
-    rollout_text,
     sequence_score,
 )
 from temper.decoding.strategies.sample import sample_completions
-from temper.decoding.strategies.self_consistency import check_extractor
 from temper.decoding.synthesis_prompt import build_prompt, check_template, resolve_template
 
-DEFAULT_INNER = {"strategy": "sample", "temperature": 1.0}
+ANCHOR_STREAM = 2  # the anchor's seed sub-stream (the rollouts draw from ROLLOUT_STREAM)
 
 
-class SynthesisParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SynthesisParams(RolloutParams):
     rollouts: int = Field(default=8, ge=1, le=MAX_ROLLOUTS)
-    inner: dict[str, Any] | None = None  # decoding object; default: sample at temperature 1
     anchor_model: str | None = None  # a served model's name; default: the request's model
     include_question: bool = False
     template: str | None = None  # a preset name or text with {rollouts}; default: server's
-    extractor: str = "auto"  # for the answers reported in the metadata
-    return_rollouts: bool = False  # rollout texts and the exact anchor prompt in the metadata
+    extractor: ExtractorName = "auto"  # for the answers reported in the metadata
+    # inner defaults to sample at temperature 1; return_rollouts adds the exact anchor prompt
 
 
 def resolve_anchor(req: DecodeRequest, name: str | None) -> Engine:
@@ -90,23 +87,20 @@ def question_text(req: DecodeRequest) -> str:
     return req.prompt_text if req.prompt_text is not None else req.engine.tokenizer.decode(req.prompt)
 
 
-class SynthesisStrategy(Strategy):
+class SynthesisStrategy(RolloutStrategy):
     name = "synthesis"
     Params = SynthesisParams
+    default_inner = {"strategy": "sample", "temperature": 1.0}
 
-    def parse(self, raw: Mapping[str, Any]) -> BaseModel:
-        params = super().parse(raw)
-        check_extractor(params.extractor)
+    def check(self, params: SynthesisParams) -> None:
         if params.template is not None:
             check_template(params.template)
-        parse_inner(params.inner, DEFAULT_INNER)
-        return params
 
     async def run(self, req: DecodeRequest, params: SynthesisParams) -> StrategyResult:
         # Everything that can be checked before sampling is, so a bad request costs nothing.
         anchor = resolve_anchor(req, params.anchor_model)
         template = resolve_template(params.template, req.options)
-        inner = parse_inner(params.inner, DEFAULT_INNER)
+        inner = self.inner(params)
         s = req.settings
         question = question_text(req) if params.include_question else None
         foreign = not same_vocabulary(anchor.tokenizer, req.engine.tokenizer)
@@ -116,35 +110,30 @@ class SynthesisStrategy(Strategy):
                 "tokenizer from the request's model: its tokens cannot be reported in that vocabulary",
                 "logprobs",
             )
-        room = anchor.max_context - (s.max_tokens or 1)
+        fit = dict(template=template, max_context=anchor.max_context, answer_tokens=s.max_tokens, question=question)
         try:
-            build_prompt(anchor.tokenizer, [""] * params.rollouts, template=template,
-                         max_prompt_tokens=room, question=question)
+            build_prompt(anchor.tokenizer, [""] * params.rollouts, **fit)
         except ContextLengthError as exc:
             param = "max_tokens" if s.max_tokens is not None else "decoding.template"
             raise ParamError(f"{param}: {exc} (anchor {anchor.name!r})", param) from None
 
-        drawn = await draw_rollouts(req, inner, params.rollouts, 1, keep_logprobs=False)
+        drawn = await draw_rollouts(req, inner, params.rollouts, choices=False)
         rollouts = drawn.completions
-        texts = [rollout_text(req, c) for c in rollouts]
-
-        if s.max_tokens is None:  # an answer about as long as a rollout, within reason
-            longest = max(len(anchor.tokenizer.encode(t, add_special_tokens=False)) for t in texts)
-            room = anchor.max_context - min(max(longest, 1), anchor.max_context // 2)
+        texts = [completion_text(req.engine.tokenizer, c) for c in rollouts]
         try:
-            prompt = build_prompt(anchor.tokenizer, texts, template=template,
-                                  max_prompt_tokens=room, question=question)
+            prompt = build_prompt(anchor.tokenizer, texts, **fit)
         except ContextLengthError as exc:
             raise ParamError(f"decoding.rollouts: {exc}", "decoding.rollouts") from None
 
         anchor_req = DecodeRequest(
             prompt=prompt.ids, settings=s, engine=anchor, engines=req.engines, options=req.options
         )
-        outs = await sample_completions(anchor_req, s, s.n, 2)
+        outs = await sample_completions(anchor_req, s, s.n, ANCHOR_STREAM)
         for c in outs:
+            text = completion_text(anchor.tokenizer, c)
             if foreign:  # ids in the anchor's vocabulary: the edge must not decode them itself
-                c.text = c.text if c.text is not None else anchor.tokenizer.decode(c.tokens)
-            c.metadata = {**c.metadata, "answer": extract_answer(_text(anchor, c), params.extractor)}
+                c.text = text
+            c.metadata = {**c.metadata, "answer": extract_answer(text, params.extractor)}
 
         answers = [extract_answer(t, params.extractor) for t in texts]
         scores = [sequence_score(c.logp) if c.logp is not None else 0.0 for c in rollouts]
@@ -173,7 +162,3 @@ class SynthesisStrategy(Strategy):
             extra_prompt_tokens=drawn.extra_prompt_tokens + len(prompt.ids),
             metadata=meta,
         )
-
-
-def _text(engine: Engine, c: Completion) -> str:
-    return c.text if c.text is not None else engine.tokenizer.decode(c.tokens)
