@@ -53,14 +53,9 @@ def load(path: Path, device: str, **kw) -> HFEngine:
     return eng
 
 
-async def cold_cache(eng: HFEngine) -> None:
-    """Empty the prefix cache (finished samples are in it by the time their call returns)."""
-    eng.prefix_cache.clear()
-
-
 async def run_strategy(eng: HFEngine, prompt: list[int], decoding: dict, n: int, L: int, seed: int) -> dict:
     strategy, params = parse_decoding(decoding)
-    settings = SamplingSettings(n=n, max_tokens=L, seed=seed, temperature=1.0 / decoding.get("alpha", 4.0))
+    settings = SamplingSettings(n=n, max_tokens=L, seed=seed)  # the decoding object sets α / temperature
     f0, p0 = eng.stats.forward_tokens, eng.stats.forward_passes
     t = time.perf_counter()
     res = await strategy.run(DecodeRequest(prompt=list(prompt), settings=settings, engine=eng), params)
@@ -150,7 +145,7 @@ def main() -> None:
             runs = (("plain", plain, 1), ("plain_batch", plain, a.particles), ("mh", mh, 1), ("smc", smc, 1),
                     ("mh_chains", mh, a.chains))
             for key, dec, n in runs:
-                await cold_cache(eng)  # each run starts cold; reuse within a run only
+                eng.prefix_cache.clear()  # each run starts cold; reuse within a run only
                 r[key] = await run_strategy(eng, prompt, dec, n, L, seed=a.seed)
                 print(f"{key:10s} n={n}: {r[key]['wall_s']:.2f}s, tokens generated "
                       f"{r[key]['tokens_generated']}, forward tokens {r[key]['forward_tokens']}", flush=True)

@@ -5,15 +5,13 @@ sm_90 compile check (in a subprocess without the interpreter), and a CUDA run (g
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from temper.triton_kernels._triton import HAVE_TRITON, interpreting, use_triton
+from temper.decoding import power_math as pm
+from temper.triton_kernels._triton import HAVE_TRITON, interpreting, run_without_interpreter, use_triton
 from temper.triton_kernels.smc_resample import smc_resample, smc_resample_torch, smc_resample_triton
 
 needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not importable")
@@ -21,15 +19,6 @@ interpreted = pytest.mark.skipif(not (HAVE_TRITON and interpreting()),
                                  reason="needs triton and TRITON_INTERPRET=1 (conftest sets it without CUDA)")
 on_cuda = pytest.mark.skipif(not torch.cuda.is_available() or interpreting(),
                              reason="needs CUDA and TRITON_INTERPRET off")
-
-
-def run_without_interpreter(fn, *args) -> None:
-    """Call this file's module-level `fn(*args)` in a fresh Python without TRITON_INTERPRET, where
-    `triton.jit` builds compilable kernels."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = f"import runpy; runpy.run_path({__file__!r})[{fn.__name__!r}](*{args!r})"
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-5000:]
 
 
 def make_case(R: int, N: int, seed: int = 0):
@@ -78,12 +67,14 @@ def test_twin_matches_python_loop(N):
 
 
 def test_twin_agrees_with_power_math():
-    pm = pytest.importorskip("temper.decoding.power_math")
+    """The SMC strategy resamples with power_math on the host; the twin (and so the kernel)
+    must give the same weights, ESS and ancestors."""
     log_w, u = make_case(6, 33, seed=5)
     out = smc_resample_torch(log_w, u)
+    w = pm.normalized_weights(log_w.numpy())
+    np.testing.assert_allclose(out.weights.numpy(), w, atol=1e-7)
     np.testing.assert_allclose(out.ess.numpy(), pm.ess(log_w.numpy()), rtol=1e-6)
-    assert out.ancestors.tolist() == pm.systematic_resample(pm.normalized_weights(log_w.numpy()),
-                                                            u.numpy()).tolist()
+    assert out.ancestors.tolist() == pm.systematic_resample(w, u.numpy()).tolist()
 
 
 def test_twin_ess_and_offspring_laws():

@@ -5,7 +5,6 @@ against the twin (CPU, TRITON_INTERPRET=1, set by conftest without CUDA), an sm_
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 
@@ -14,11 +13,12 @@ import pytest
 import torch
 
 from temper.triton_kernels import rng
-from temper.triton_kernels._triton import HAVE_TRITON, interpreting, jit, tl, use_triton
+from temper.triton_kernels._triton import HAVE_TRITON, interpreting, jit, run_without_interpreter, tl, use_triton
 from temper.triton_kernels.tempered_sample import (
     tempered_sample,
     tempered_sample_torch,
     tempered_sample_triton,
+    truncation,
 )
 
 needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not importable")
@@ -30,15 +30,6 @@ on_cuda = pytest.mark.skipif(not torch.cuda.is_available() or interpreting(),
 # Upper 0.999 quantiles of chi-square(df), hard-coded (no scipy): a correct sampler fails a
 # given seed with probability 1e-3, and the seeds are fixed, so a pass is a stable pass.
 CHI2_999 = {2: 13.816, 3: 16.266, 5: 20.515, 9: 27.877}
-
-
-def run_without_interpreter(fn, *args) -> None:
-    """Call this file's module-level `fn(*args)` in a fresh Python without TRITON_INTERPRET, where
-    `triton.jit` builds compilable kernels."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = f"import runpy; runpy.run_path({__file__!r})[{fn.__name__!r}](*{args!r})"
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-5000:]
 
 
 def chi2(counts: np.ndarray, probs: np.ndarray) -> float:
@@ -129,6 +120,19 @@ def test_dispatcher_on_cpu_is_the_twin():
     top_p = torch.tensor([1.0, 0.9, 1.0, 0.5, 1.0])
     got, ref = tempered_sample(*args, top_p), tempered_sample_torch(*args, top_p)
     assert all(torch.equal(x, y) for x, y in zip(got, ref, strict=True))
+
+
+def test_truncation_reads_kmax_and_top_p_once():
+    V = 10
+    assert truncation(None, None, V) == (0, False)
+    assert truncation(torch.tensor([0, 0]), torch.tensor([1.0, 1.0]), V) == (0, False)
+    assert truncation(torch.tensor([0, 3, V + 5]), None, V) == (V, False)  # clamped to V
+    assert truncation(torch.zeros(0, dtype=torch.long), torch.zeros(0), V) == (0, False)  # B = 0
+    assert truncation(torch.tensor([2, 0]), torch.tensor([1.0, 0.9]), V) == (2, True)
+    # what the dispatcher hands the twin (read once) gives what the twin reads for itself
+    args = (*make_case(7, 20, torch.float32, seed=2), torch.tensor([1.0, 0.3, 0.9, 1.0, 0.5, 1.0, 0.7]))
+    given = tempered_sample_torch(*args, truncated=truncation(args[4], args[5], 20))
+    assert all(torch.equal(x, y) for x, y in zip(given, tempered_sample_torch(*args), strict=True))
 
 
 def test_import_without_triton():

@@ -92,6 +92,23 @@ N_EXACT = 20_000
 T_EXACT = 5
 
 
+async def check_exact(alpha: float, decoding: dict) -> tuple[dict, int]:
+    """N_EXACT draws of one strategy run on the branchy toy: TV to p^α ≤ 0.05 and under a third of
+    low-temperature sampling's. Returns (metadata, engine calls) for method-specific checks."""
+    model = branchy()
+    pi = target(model, T_EXACT, alpha)
+    emp, meta, calls = await draw(model, {"alpha": alpha, **decoding}, N_EXACT, T_EXACT)
+    tv = tv_distance(pi, emp)
+    tv_low = tv_distance(pi, low_temperature(model, T_EXACT, alpha))
+    extra = (f"acceptance={meta['acceptance_rate']:.3f}" if decoding["method"] == "mh"
+             else f"resamples={meta['resample_count']}")
+    print(f"\n{decoding['method'].upper()} α={alpha} {decoding}: TV={tv:.4f} (low temperature {tv_low:.4f}), "
+          f"{extra}, tokens/sample={meta['tokens_generated'] / N_EXACT:.1f}")
+    assert tv <= 0.05
+    assert tv < tv_low / 3
+    return meta, calls
+
+
 @pytest.mark.parametrize(
     "alpha, decoding",
     [
@@ -100,15 +117,7 @@ T_EXACT = 5
     ],
 )
 async def test_mh_matches_p_alpha(alpha, decoding):
-    model = branchy()
-    pi = target(model, T_EXACT, alpha)
-    emp, meta, calls = await draw(model, {"method": "mh", "alpha": alpha, **decoding}, N_EXACT, T_EXACT)
-    tv = tv_distance(pi, emp)
-    tv_low = tv_distance(pi, low_temperature(model, T_EXACT, alpha))
-    print(f"\nMH α={alpha} {decoding}: TV={tv:.4f} (low temperature {tv_low:.4f}), "
-          f"acceptance={meta['acceptance_rate']:.3f}, tokens/sample={meta['tokens_generated'] / N_EXACT:.1f}")
-    assert tv <= 0.05
-    assert tv < tv_low / 3
+    meta, calls = await check_exact(alpha, {"method": "mh", **decoding})
     # at most one engine call per extension and per MH step, for all 20 000 chains together
     # (an extension with every chain finished is no call)
     blocks = len(block_lengths(T_EXACT, decoding["block_size"]))
@@ -125,15 +134,7 @@ async def test_mh_matches_p_alpha(alpha, decoding):
     ],
 )
 async def test_smc_matches_p_alpha(alpha, decoding):
-    model = branchy()
-    pi = target(model, T_EXACT, alpha)
-    emp, meta, calls = await draw(model, {"method": "smc", "alpha": alpha, **decoding}, N_EXACT, T_EXACT)
-    tv = tv_distance(pi, emp)
-    tv_low = tv_distance(pi, low_temperature(model, T_EXACT, alpha))
-    print(f"\nSMC α={alpha} {decoding}: TV={tv:.4f} (low temperature {tv_low:.4f}), "
-          f"resamples={meta['resample_count']}, tokens/sample={meta['tokens_generated'] / N_EXACT:.1f}")
-    assert tv <= 0.05
-    assert tv < tv_low / 3
+    meta, calls = await check_exact(alpha, {"method": "smc", **decoding})
     # at most one engine call per interval for all 20 000 × particles sequences
     assert calls <= len(checkpoints(T_EXACT, decoding["resample_every"], decoding.get("ramp_tokens", 0)))
     assert len(meta["ess_trace"]) >= 1 and meta["resample_count"] > 1000

@@ -1,7 +1,7 @@
-"""power_math against brute force: suffix sums, MH / i-SIR decisions (and their invariance of π
-by exact enumeration), weights / ESS, systematic resampling, ramp re-weighting, the reference's
-truncated acceptance, the analytic token count; plus the Triton kernels' torch twins against
-these functions."""
+"""power_math against brute force: segment and suffix sums, MH / i-SIR decisions (and their
+invariance of π by exact enumeration), weights / ESS, systematic resampling, ramp re-weighting,
+the reference's truncated acceptance, the analytic token count. The kernels' torch twins are
+checked against these functions in tests/test_kernels_*.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from temper.decoding import power_math as pm
 
@@ -41,16 +40,24 @@ def test_suffix_sums_count_only_cut_to_length():
         assert got[b] == pytest.approx(want, abs=1e-6)
 
 
-def test_mh_accept_is_metropolis_rule():
+def test_segment_sums_are_per_array_totals():
+    rng = np.random.default_rng(8)
+    parts = [rng.normal(size=k).astype(np.float32) for k in (3, 0, 1, 7)]
+    got = pm.segment_sums(parts)
+    assert got.dtype == np.float64 and got.shape == (4,)
+    np.testing.assert_allclose(got, [float(np.sum(x, dtype=np.float64)) for x in parts], rtol=1e-12)
+    assert pm.segment_sums([np.zeros(0)] * 2).tolist() == [0.0, 0.0] and pm.segment_sums([]).shape == (0,)
+
+
+def test_choose_next_with_one_proposal_is_the_metropolis_rule():
     cur = np.array([-1.0, -1.0, -5.0, -np.inf])
     prop = np.array([-0.5, -3.0, -5.0, -1.0])
-    # log r = prop − cur; accept iff log u < log r
+    # log r = prop − cur = [0.5, -2, 0, inf]; accept iff log u < log r
     u = np.array([0.9, math.exp(-2.0) * 0.999, 0.5, 0.3])
-    assert pm.mh_log_accept(cur, prop).tolist()[:3] == [0.5, -2.0, 0.0]
-    assert pm.mh_accept(cur, prop, u).tolist() == [True, True, True, True]
-    assert not pm.mh_accept(np.array([-1.0]), np.array([-3.0]), np.array([math.exp(-2.0) * 1.001]))[0]
-    # M = 1 in choose_next is the same decision
     assert pm.choose_next(cur, prop[:, None], u).tolist() == [1, 1, 1, 1]
+    assert pm.choose_next(np.array([-1.0]), np.array([[-3.0]]), np.array([math.exp(-2.0) * 1.001])).tolist() == [0]
+    # both -inf: log r is NaN, and the chain keeps its state
+    assert pm.choose_next(np.array([-np.inf]), np.array([[-np.inf]]), np.array([0.5])).tolist() == [0]
 
 
 def test_categorical_inverse_cdf_matches_softmax_on_a_uniform_grid():
@@ -163,11 +170,9 @@ def test_ramp_staircase_reweighting_targets_p_alpha():
 def test_reference_acceptance_truncates_the_current_suffix():
     cur = np.array([-0.1, -0.2, -0.3, -0.4])
     same_len = np.array([-0.5, -0.1, -0.1, -0.1])
-    assert pm.reference_log_accept(cur, same_len) == pytest.approx(
-        float(pm.mh_log_accept(cur.sum(), same_len.sum()))
-    )
+    assert pm.reference_log_accept(cur, same_len) == pytest.approx(same_len.sum() - cur.sum())
     short = np.array([-0.05])  # proposal hit EOS after one token
-    exact = float(pm.mh_log_accept(cur.sum(), short.sum()))  # padding counts 0
+    exact = short.sum() - cur.sum()  # the exact log r: padding counts 0
     ref = pm.reference_log_accept(cur, short)
     assert ref == pytest.approx(-0.05 + 0.1)
     assert ref < exact  # it under-accepts EOS-shortened proposals (§3.6)
@@ -182,40 +187,3 @@ def test_token_count_matches_schedule_enumeration_and_research_table():
     assert pm.mh_token_count(L, B, N) / L == pytest.approx(14.5, abs=0.05)  # research §4 table
     assert pm.mh_token_count(3072, 192, 10) / 3072 == pytest.approx(43.5, abs=0.05)
     assert pm.block_lengths(5, 2) == [2, 4, 5]
-
-
-# ------------------------------------------------------------------- kernels' twins vs power_math
-
-
-def test_mh_accept_twin_matches_power_math():
-    from temper.triton_kernels.mh_accept import mh_accept_torch
-
-    rng = np.random.default_rng(6)
-    for M in (1, 4):
-        B, T = 64, 12
-        cur = rng.normal(size=(B, T)).astype(np.float32) - 1
-        cur_len = rng.integers(1, T + 1, size=B)
-        cut = rng.integers(0, T, size=B)
-        prop = rng.normal(size=(B, M, T)).astype(np.float32) - 1
-        prop_len = np.minimum(cut[:, None] + rng.integers(1, T, size=(B, M)), T)
-        u = rng.random(B).astype(np.float32) * 0.999 + 0.0005
-        res = mh_accept_torch(*(torch.from_numpy(a) for a in (cur, cur_len, cut, prop, prop_len, u)))
-        cs = pm.suffix_sums(cur, cur_len, cut)
-        ps = pm.suffix_sums(prop, prop_len, cut[:, None])
-        np.testing.assert_allclose(res.cur_sum.numpy(), cs, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(res.prop_sum.numpy(), ps, rtol=1e-5, atol=1e-5)
-        assert (res.choice.numpy() == pm.choose_next(cs, ps, u.astype(np.float64))).all()
-
-
-def test_smc_resample_twin_matches_power_math():
-    from temper.triton_kernels.smc_resample import smc_resample_torch
-
-    rng = np.random.default_rng(7)
-    lw = (rng.normal(size=(16, 32)) * 3).astype(np.float32)
-    lw[0, 5:] = -np.inf
-    u = rng.random(16).astype(np.float32)
-    res = smc_resample_torch(torch.from_numpy(lw), torch.from_numpy(u))
-    w = pm.normalized_weights(lw)
-    np.testing.assert_allclose(res.weights.numpy(), w, atol=1e-6)
-    np.testing.assert_allclose(res.ess.numpy(), pm.ess(lw), rtol=1e-5)
-    assert (res.ancestors.numpy() == pm.systematic_resample(w, u.astype(np.float64))).all()

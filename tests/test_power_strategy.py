@@ -187,9 +187,6 @@ async def test_hf_engine_smoke(hf_engine, method):
 
 
 async def test_too_many_sequences_per_request_is_a_400(toy_engine):
-    from temper.decoding.strategies.base import DecodeRequest, ParamError, SamplingSettings
-    from temper.decoding.strategies.registry import parse_decoding
-
     strategy, params = parse_decoding({"strategy": "power", "method": "smc", "particles": 1024})
     req = DecodeRequest(prompt=[0], settings=SamplingSettings(n=8, max_tokens=4), engine=toy_engine)
     with pytest.raises(ParamError) as e:

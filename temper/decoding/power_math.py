@@ -2,16 +2,16 @@
 
 What this is: the decisions the MH and SMC strategies make from per-token log-weights
 log_w_t = α·log p_t − log q_t (for a tempered proposal this is log Z_t, research/power_sampling.md
-§2.3), all in float64:
-  * MH / i-SIR:  suffix sums of log_w, the log acceptance ratio, the accept / choose decision;
+§2.3), all in float64 on host arrays (power_mh / power_smc call these directly):
+  * MH / i-SIR:  per-sample and suffix sums of log_w, the accept / choose decision;
   * SMC:         normalised weights, effective sample size, systematic resampling, and the
                  re-weighting that keeps the target p^α while the proposal exponent ramps up;
-  * reference:   the Karan & Du code's truncated acceptance (§3.4), kept only so a test can
-                 show its bias;
+  * reference:   the Karan & Du code's truncated acceptance (§3.4), kept so a test and the
+                 benchmark can run the reference algorithm and show its bias;
   * cost:        the analytic token count of the blockwise MH schedule (§4).
-Each function is unit-tested against brute force (tests/test_power_math.py); the Triton kernels
-`triton_kernels.mh_accept` / `smc_resample` compute the same things on tensors and are
-cross-checked against these.
+Each function is unit-tested against brute force (tests/test_power_math.py). The Triton kernels
+`triton_kernels.mh_accept` / `smc_resample` are the same decisions on device tensors; their torch
+twins are cross-checked against these functions (tests/test_kernels_*.py).
 
 What this is not: any sampling of tokens, engine call or per-request state. Randomness comes in
 as uniforms, so every function is deterministic.
@@ -20,6 +20,7 @@ as uniforms, so every function is deterministic.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -42,6 +43,16 @@ def logmeanexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ MH
 
 
+def segment_sums(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Σ of each array in `parts`, in float64, in one vectorised pass (an empty array sums to 0):
+    the per-sample totals of log_w or log p over one engine call's samples."""
+    lens = np.fromiter((len(x) for x in parts), dtype=np.int64, count=len(parts))
+    if not lens.sum():
+        return np.zeros(len(parts))
+    flat = np.concatenate([np.asarray(x, dtype=np.float64) for x in parts])
+    return np.bincount(np.repeat(np.arange(len(parts)), lens), weights=flat, minlength=len(parts))
+
+
 def suffix_sums(log_w: np.ndarray, length: np.ndarray, cut: np.ndarray) -> np.ndarray:
     """Σ_{cut ≤ j < length} log_w[..., j] in float64.
 
@@ -53,22 +64,6 @@ def suffix_sums(log_w: np.ndarray, length: np.ndarray, cut: np.ndarray) -> np.nd
     pos = np.arange(log_w.shape[-1])
     keep = (pos >= np.asarray(cut)[..., None]) & (pos < np.asarray(length)[..., None])
     return np.where(keep, log_w, 0.0).sum(-1)
-
-
-def mh_log_accept(cur_sum: np.ndarray, prop_sum: np.ndarray) -> np.ndarray:
-    """log r for a suffix resampled from q at a shared cut: Σ log_w(proposed) − Σ log_w(current).
-
-    Why this is the whole MH ratio: π(y)q(x_suffix)/(π(x)q(y_suffix)) with π ∝ p^α telescopes
-    per token into exp(α·log p − log q) = Z_t; the shared prefix cancels, and the cut-choice
-    probabilities cancel because both states have the same fixed logical length (§3.6, §9).
-    """
-    return np.asarray(prop_sum, dtype=np.float64) - np.asarray(cur_sum, dtype=np.float64)
-
-
-def mh_accept(cur_sum: np.ndarray, prop_sum: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Metropolis decision: accept iff log u < log r (u in (0, 1)). NaN (both -inf) rejects."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.log(np.asarray(u, dtype=np.float64)) < mh_log_accept(cur_sum, prop_sum)
 
 
 def categorical(logits: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -87,15 +82,20 @@ def categorical(logits: np.ndarray, u: np.ndarray) -> np.ndarray:
 def choose_next(cur_sum: np.ndarray, prop_sum: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Next state among [current, proposal 1..M] → index in 0..M (0 = keep current).
 
-    cur_sum [B], prop_sum [B, M], u [B]. M = 1 is Metropolis-Hastings (accept iff log u < log r);
-    M > 1 is iterated SIR: pick ∝ exp(suffix sum) over current + proposals, which leaves π
-    invariant because all M + 1 candidates are exchangeable draws conditioned on the cut prefix.
-    Same contract as triton_kernels.mh_accept's choice.
+    cur_sum [B], prop_sum [B, M]: suffix sums of log_w from a shared cut; u [B] in (0, 1).
+    M = 1 is Metropolis-Hastings: accept iff log u < log r = prop_sum − cur_sum (NaN, both -inf,
+    rejects). That difference is the whole MH ratio: π(y)q(x_suffix)/(π(x)q(y_suffix)) with
+    π ∝ p^α telescopes per token into exp(α·log p − log q) = Z_t; the shared prefix cancels, and
+    the cut-choice probabilities cancel because both states have the same fixed logical length
+    (§3.6, §9). M > 1 is iterated SIR: pick ∝ exp(suffix sum) over current + proposals, which
+    leaves π invariant because all M + 1 candidates are exchangeable draws conditioned on the
+    cut prefix. Same contract as triton_kernels.mh_accept's choice.
     """
     prop_sum = np.asarray(prop_sum, dtype=np.float64)
     cur_sum = np.asarray(cur_sum, dtype=np.float64)
     if prop_sum.shape[1] == 1:
-        return mh_accept(cur_sum, prop_sum[:, 0], u).astype(np.int64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (np.log(np.asarray(u, dtype=np.float64)) < prop_sum[:, 0] - cur_sum).astype(np.int64)
     return categorical(np.concatenate([cur_sum[:, None], prop_sum], axis=1), u).astype(np.int64)
 
 
@@ -135,10 +135,8 @@ def systematic_resample(weights: np.ndarray, u: np.ndarray) -> np.ndarray:
     R, N = weights.shape
     cdf = np.cumsum(weights, axis=1)
     pos = (np.asarray(u, dtype=np.float64)[:, None] + np.arange(N)[None, :]) / N
-    anc = np.stack([np.searchsorted(cdf[r], pos[r], side="right") for r in range(R)]) if R else (
-        np.zeros((0, N), dtype=np.int64)
-    )
-    return np.minimum(anc, N - 1).astype(np.int64)
+    anc = np.array([np.searchsorted(c, p, side="right") for c, p in zip(cdf, pos, strict=True)], dtype=np.int64)
+    return np.minimum(anc.reshape(R, N), N - 1)
 
 
 def ramp_alpha(end: int, alpha: float, ramp_tokens: int) -> float:

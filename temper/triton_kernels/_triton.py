@@ -6,7 +6,8 @@ them —
     never needs Triton and the torch twins are always available;
   * `jit`: `triton.jit`, or the identity without Triton (then nothing launches the kernels);
   * `use_triton(*tensors)`: the dispatch rule (CUDA tensors, Triton importable, interpreter off);
-  * `compile_for`: compile (never launch) a kernel for an NVIDIA architecture, GPU or not.
+  * `compile_for`: compile (never launch) a kernel for an NVIDIA architecture, GPU or not, and
+    `run_without_interpreter` to do that from a process that interprets (the tests).
 
 What this is not: a kernel library, an autotuner, or a switch between compiled and interpreted
 kernels. Triton's own rule applies: `triton.jit` builds an interpreted kernel iff
@@ -17,6 +18,9 @@ anything imports Triton (tests/conftest.py turns the interpreter on when there i
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,8 +37,8 @@ except Exception:  # ImportError, or a broken install raising at import time
 
 jit = triton.jit if HAVE_TRITON else (lambda fn: fn)
 
-__all__ = ["HAVE_TRITON", "compile_for", "interpreting", "jit", "next_pow2", "require_launchable", "tl",
-           "triton", "use_triton"]
+__all__ = ["HAVE_TRITON", "compile_for", "interpreting", "jit", "next_pow2", "require_launchable",
+           "run_without_interpreter", "tl", "triton", "use_triton"]
 
 
 def interpreting() -> bool:
@@ -80,3 +84,14 @@ def compile_for(kernel: Any, signature: dict[str, str], constexprs: dict[str, An
     sig = dict(signature) | {name: "constexpr" for name in constexprs}
     src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def run_without_interpreter(fn: Callable[..., Any], *args: Any) -> None:
+    """Call the module-level function `fn(*args)` in a fresh Python without TRITON_INTERPRET,
+    where `triton.jit` builds compilable kernels (what `compile_for` needs); raise with its
+    stderr if it fails. fn's module is re-run from its file, so a test module's helper works."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = f"import runpy; runpy.run_path({fn.__code__.co_filename!r})[{fn.__name__!r}](*{args!r})"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode:
+        raise RuntimeError(f"{fn.__name__}{args!r} failed without the interpreter:\n{proc.stderr[-5000:]}")

@@ -32,24 +32,44 @@ class TemperedSample(NamedTuple):
     log_w: torch.Tensor  # [B] float32
 
 
-def kept_mask(
-    scaled: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None
-) -> torch.Tensor | None:
+Truncation = tuple[int, bool]  # (largest top-k in use, 0 = none; any row with top_p < 1)
+
+
+def truncation(top_k: torch.Tensor | None, top_p: torch.Tensor | None, V: int) -> Truncation:
+    """What the host must know about top_k / top_p before sampling (topk's width, kernel or
+    twin), read back in ONE transfer: engines build these tensors on the logits' device every
+    decode step, and every read back is a device sync."""
+    if top_k is None and top_p is None:
+        return 0, False
+    dev = (top_k if top_k is not None else top_p).device
+    zero = torch.zeros((), dtype=torch.float64, device=dev)
+    kmax = top_k.clamp(0, V).amax().double() if top_k is not None and top_k.numel() else zero
+    any_p = (top_p.to(dev) < 1).any().double() if top_p is not None and top_p.numel() else zero
+    kmax, any_p = torch.stack([kmax, any_p]).tolist()
+    return int(kmax), any_p > 0
+
+
+def kth_largest(x: torch.Tensor, k: torch.Tensor, kmax: int) -> torch.Tensor:
+    """[B] the k[b]-th largest entry of each row of x [B, V], in x's dtype; -inf where k = 0.
+    k [B] in 0..V; kmax = max(k) ≥ 1 (from `truncation`, so no sync here)."""
+    kth = torch.topk(x, kmax, dim=-1).values  # [B, kmax]
+    t = kth.gather(1, (k.clamp(min=1) - 1)[:, None])[:, 0]
+    return torch.where(k > 0, t, torch.full_like(t, -torch.inf))
+
+
+def kept_mask(scaled: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None,
+              truncated: Truncation | None = None) -> torch.Tensor | None:
     """Boolean [B, V] mask of the tokens q may draw, or None when nothing is truncated.
 
     top-k keeps every token at least as large as the k-th largest (ties kept); top-p keeps
     the smallest prefix of the sorted q whose mass reaches p (at least one token), vLLM-style.
-    """
-    B, V = scaled.shape
+    `truncated`: `truncation(top_k, top_p, V)` if the caller has read it already."""
+    V = scaled.shape[1]
+    kmax, any_p = truncated or truncation(top_k, top_p, V)
     mask = None
-    if top_k is not None and bool((top_k > 0).any()):
-        k = top_k.clamp(min=0, max=V)
-        kmax = int(k.max())
-        kth = torch.topk(scaled, kmax, dim=-1).values  # [B, kmax]
-        thresh = kth.gather(1, (k.clamp(min=1) - 1)[:, None])  # [B, 1]
-        thresh = torch.where(k[:, None] > 0, thresh, torch.full_like(thresh, -torch.inf))
-        mask = scaled >= thresh
-    if top_p is not None and bool((top_p < 1).any()):
+    if kmax > 0:
+        mask = scaled >= kth_largest(scaled, top_k.clamp(0, V), kmax)[:, None]
+    if any_p:
         s = scaled if mask is None else scaled.masked_fill(~mask, -torch.inf)
         probs = torch.softmax(s, dim=-1)
         sp, order = probs.sort(dim=-1, descending=True)
@@ -69,9 +89,11 @@ def tempered_sample_torch(
     offset: torch.Tensor,
     top_k: torch.Tensor | None = None,
     top_p: torch.Tensor | None = None,
+    *,
+    truncated: Truncation | None = None,
 ) -> TemperedSample:
     """logits [B, V] (fp32/bf16/fp16); alpha [B] f32 (inf = greedy); seed, offset [B] int64;
-    top_k [B] int64 (0 = off); top_p [B] f32 (1 = off)."""
+    top_k [B] int64 (0 = off); top_p [B] f32 (1 = off); truncated as in `kept_mask`."""
     ell = logits.float()
     B, V = ell.shape
     alpha = alpha.to(ell.device, torch.float32)
@@ -79,7 +101,7 @@ def tempered_sample_torch(
     a = torch.where(greedy, torch.ones_like(alpha), alpha)[:, None]  # [B, 1]
     lse = torch.logsumexp(ell, dim=-1)  # [B]
     scaled = a * ell  # [B, V]
-    mask = kept_mask(scaled, top_k, top_p)
+    mask = kept_mask(scaled, top_k, top_p, truncated)
     if mask is not None:
         scaled = scaled.masked_fill(~mask, -torch.inf)
     lse_q = torch.logsumexp(scaled, dim=-1)  # [B]
@@ -89,9 +111,7 @@ def tempered_sample_torch(
     logq = scaled.gather(1, token[:, None])[:, 0] - lse_q
     log_w = lse_q - a[:, 0] * lse
     zero = torch.zeros_like(logq)
-    return TemperedSample(
-        token, logp, torch.where(greedy, zero, logq), torch.where(greedy, zero, log_w)
-    )
+    return TemperedSample(token, logp, torch.where(greedy, zero, logq), torch.where(greedy, zero, log_w))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,18 +241,6 @@ def _num_splits(B: int, n_blocks: int, device: torch.device) -> int:
     return max(1, min(n_blocks, -(-2 * _SM_COUNT[idx] // B)))
 
 
-def topk_threshold(logits: torch.Tensor, a: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
-    """Per-row kept-set threshold [B] f32 in the scaled domain: a·(k-th largest ℓ), -inf if k = 0.
-
-    Equal to the twin's k-th largest of a·ℓ: rounding x ↦ fl(a·x) is monotone, so it commutes
-    with order statistics; hence `fl(a·ℓ) >= thresh` in the kernel is exactly `kept_mask`."""
-    V = logits.shape[1]
-    k = top_k.to(device=logits.device, dtype=torch.int64).clamp(min=0, max=V)
-    kth = torch.topk(logits, int(k.max()), dim=-1).values  # [B, kmax], logits' own dtype
-    t = kth.gather(1, (k.clamp(min=1) - 1)[:, None])[:, 0].float()
-    return torch.where(k > 0, a * t, torch.full_like(t, -torch.inf))
-
-
 def tempered_sample_triton(
     logits: torch.Tensor,
     alpha: torch.Tensor,
@@ -241,6 +249,7 @@ def tempered_sample_triton(
     top_k: torch.Tensor | None = None,
     top_p: torch.Tensor | None = None,
     *,
+    truncated: Truncation | None = None,
     block: int | None = None,
     num_splits: int | None = None,
 ) -> TemperedSample:
@@ -249,7 +258,8 @@ def tempered_sample_triton(
     top_p must be absent or all ≥ 1 (use the twin otherwise). `block` (power of two) and
     `num_splits` override the launch shape; tests use them to cover multi-block and split rows."""
     require_launchable(logits, "tempered_sample_triton")
-    if top_p is not None and bool((top_p < 1).any()):
+    kmax, any_p = truncated or truncation(top_k, top_p, logits.shape[1])
+    if any_p:
         raise ValueError("tempered_sample_triton: top_p < 1 is not supported in the kernel")
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
@@ -262,10 +272,12 @@ def tempered_sample_triton(
     alpha = alpha.to(dev, torch.float32).contiguous()
     seed = seed.to(dev, torch.int64).contiguous()
     offset = offset.to(dev, torch.int64).contiguous()
-    has_thresh = top_k is not None and bool((top_k > 0).any())
+    has_thresh = kmax > 0
     if has_thresh:
+        # Kept set: fl(a·ℓ) >= a·(k-th largest ℓ), exactly the twin's `kept_mask`: rounding
+        # x ↦ fl(a·x) is monotone (a > 0), so it commutes with order statistics.
         a = torch.where(torch.isinf(alpha), torch.ones_like(alpha), alpha)
-        thresh = topk_threshold(logits, a, top_k).contiguous()
+        thresh = (a * kth_largest(logits, top_k.to(dev).clamp(0, V), kmax).float()).contiguous()
     else:
         thresh = alpha  # never read (HAS_THRESH is a compile-time False)
     BLOCK = block or min(2048, max(16, next_pow2(V)))
@@ -295,7 +307,9 @@ def tempered_sample(
     top_k: torch.Tensor | None = None,
     top_p: torch.Tensor | None = None,
 ) -> TemperedSample:
-    """Dispatcher: the Triton kernel on CUDA when available, else the torch twin."""
-    if use_triton(logits) and (top_p is None or not bool((top_p < 1).any())):
-        return tempered_sample_triton(logits, alpha, seed, offset, top_k)
-    return tempered_sample_torch(logits, alpha, seed, offset, top_k, top_p)
+    """Dispatcher: the Triton kernel on CUDA when available and no row asks for top_p < 1, else
+    the torch twin. One device sync before the launch (`truncation`)."""
+    truncated = truncation(top_k, top_p, logits.shape[1])
+    if use_triton(logits) and not truncated[1]:
+        return tempered_sample_triton(logits, alpha, seed, offset, top_k, truncated=truncated)
+    return tempered_sample_torch(logits, alpha, seed, offset, top_k, top_p, truncated=truncated)

@@ -36,8 +36,11 @@ def sample_rows(rows: list[Seq], logits: torch.Tensor, only_live: bool) -> list[
         torch.tensor([r.spec.alpha for r in sel], dtype=torch.float32, device=dev),
         torch.tensor([r.seed for r in sel], dtype=torch.int64, device=dev),
         torch.tensor([r.position for r in sel], dtype=torch.int64, device=dev),  # RNG offset
-        torch.tensor([r.spec.top_k for r in sel], dtype=torch.int64, device=dev),
-        torch.tensor([r.spec.top_p for r in sel], dtype=torch.float32, device=dev),
+        # None when no row truncates (known here on the host): no device sync to find out
+        torch.tensor([r.spec.top_k for r in sel], dtype=torch.int64, device=dev)
+        if any(r.spec.top_k for r in sel) else None,
+        torch.tensor([r.spec.top_p for r in sel], dtype=torch.float32, device=dev)
+        if any(r.spec.top_p < 1 for r in sel) else None,
     )
     tok, lp, lq, lw = (t.tolist() for t in (out.token, out.logp, out.logq, out.log_w))
     want = {j: n for n, j in enumerate(j for j, r in enumerate(sel) if r.spec.top_logprobs)}

@@ -16,9 +16,10 @@ The fixes over the Karan & Du reference (§3.4–3.6), and why they make the cha
     state is an identity move (valid: the cut-i move is then a π-invariant kernel on the states
     sharing x[:i], and the identity on the rest).
   * Suffix resampled from q ∝ p^α up to t_k or EOS; log r = Σ log_w(proposed suffix) −
-    Σ log_w(current suffix), padding counting 0 (power_math.mh_log_accept).
+    Σ log_w(current suffix), padding counting 0.
   * M > 1 proposals at one cut: the next state is drawn among current + M ∝ exp(Σ log_w)
-    (i-SIR); M = 1 is plain MH. The decision is `triton_kernels.mh_accept`.
+    (i-SIR); M = 1 is plain MH. The decision is `triton_kernels.mh_accept` (the rule of
+    `power_math.choose_next`; its twin is tested against it).
   * A finished chain keeps making its MH steps in later blocks unless `early_stop`: stopping it
     would freeze a π_k sample while the other chains move on to π_K, which is not π_K.
 
@@ -115,7 +116,7 @@ async def run_mh(
         ]
         ch.write(grow, ch.length[grow], await calls.sample(specs), stop)
 
-        acc = att = 0
+        acc0, att0 = int(acc_chain.sum()), int(att_chain.sum())
         for step in range(p.mcmc_steps):
             # Drawn for all n chains every step, so a seeded run's draws do not depend on which
             # chains happen to be active.
@@ -132,24 +133,22 @@ async def run_mh(
                 for a, b in enumerate(act)
                 for m in range(M)
             ]
-            samples = await calls.sample(specs)
+            samples = await calls.sample(specs)  # sample j = chain act[j // M], proposal j % M
             # Proposals laid out at absolute positions like the current state: [A, M, t], the
             # cut's prefix positions left 0 (the suffix sums start at the cut).
             lens = np.array([len(smp.tokens) for smp in samples], dtype=np.int64)  # [A·M]
-            starts = np.repeat(cut[act], M)  # [A·M] sample j = chain act[j // M], proposal j % M
+            starts = np.repeat(cut[act], M)  # [A·M]
             seg, pos = scatter_index(starts, lens)
             prop_w = np.zeros((A * M, t), dtype=np.float32)
             prop_w[seg, pos] = np.concatenate([smp.log_w for smp in samples])
-            prop_w = prop_w.reshape(A, M, t)
-            prop_len = (starts + lens).reshape(A, M)
-            # The dispatcher runs the Triton kernel for CUDA tensors; these are small host
-            # arrays ([A, M, t] floats), for which the torch twin beats a transfer + launch.
+            # The dispatcher runs the Triton kernel for CUDA tensors; these are host arrays, so
+            # the torch twin decides here (same rule as power_math.choose_next, tested equal).
             res = mh_accept(
                 torch.from_numpy(np.ascontiguousarray(ch.log_w[act, :t])),
                 torch.from_numpy(ch.length[act]),
                 torch.from_numpy(cut[act]),
-                torch.from_numpy(prop_w),
-                torch.from_numpy(prop_len),
+                torch.from_numpy(prop_w.reshape(A, M, t)),
+                torch.from_numpy((starts + lens).reshape(A, M)),
                 torch.from_numpy(u[act].astype(np.float32)),
             )
             choice = res.choice.cpu().numpy()  # [A] in 0..M, 0 = keep current
@@ -157,9 +156,8 @@ async def run_mh(
             ch.write(act[moved], cut[act[moved]], [samples[a * M + choice[a] - 1] for a in moved], stop)
             acc_chain[act] += choice > 0
             att_chain[act] += 1
-            acc += int((choice > 0).sum())
-            att += A
-        per_block.append(acc / att if att else None)
+        att = int(att_chain.sum()) - att0
+        per_block.append((int(acc_chain.sum()) - acc0) / att if att else None)
         if p.early_stop:
             frozen |= ch.done
             if frozen.all():

@@ -6,7 +6,8 @@ system. Per token a particle's log weight grows by log_w = α_t·log p − log q
 tempered proposal at temperature 1/α_t, §2.3), so Σ log_w = log p(x)^α − log q(x) and the
 weighted particles target p^α. Every `resample_every` tokens the ESS of each system is checked
 and a system whose ESS < ess_threshold·N is resampled systematically (triton_kernels
-.smc_resample). The output of a system is one particle drawn ∝ its final weight.
+.smc_resample, whose twin is tested against power_math). The output of a system is one particle
+drawn ∝ its final weight.
 
 Semantics that keep the target exact:
   * EOS is absorbing: a finished particle takes no more tokens and its weight stops growing
@@ -33,7 +34,14 @@ import numpy as np
 import torch
 
 from temper.decoding.engine import SampleSpec
-from temper.decoding.power_math import categorical, logmeanexp, normalized_weights, ramp_alpha, ramp_reweight
+from temper.decoding.power_math import (
+    categorical,
+    ess,
+    logmeanexp,
+    ramp_alpha,
+    ramp_reweight,
+    segment_sums,
+)
 from temper.decoding.strategies.base import DecodeRequest, request_rng
 from temper.decoding.strategies.power import EngineCalls, PowerParams, spec_seeds
 from temper.triton_kernels.smc_resample import smc_resample
@@ -95,26 +103,23 @@ async def run_smc(
         for j, smp in zip(live, samples, strict=True):
             tokens[j] = tokens[j] + tuple(smp.tokens)
             logps[j] = logps[j] + (smp.logp,)
-        # Per-sample sums in one pass (every sample has ≥ 1 token): segment sums of the
-        # concatenated [Σ len] arrays, float64.
-        starts = np.cumsum([0] + [len(smp.tokens) for smp in samples[:-1]])
-        W[live] += np.add.reduceat(np.concatenate([smp.log_w for smp in samples]).astype(np.float64), starts)
-        cum_logp[live] += np.add.reduceat(np.concatenate([smp.logp for smp in samples]).astype(np.float64), starts)
+        W[live] += segment_sums([smp.log_w for smp in samples])
+        cum_logp[live] += segment_sums([smp.logp for smp in samples])
         done[live] = [smp.tokens[-1] in stop for smp in samples]
         pos = end
         if pos % p.resample_every or pos >= max_tokens or done.all():
             continue  # not a check (ramp step), or nothing left to decode: the final draw decides
-        # Shift each system by its max before float32: the kernel normalises in fp64 anyway,
+        # Shift each system by its max before float32: the twin / kernel normalise in fp64,
         # and this keeps the relative precision of weights that sum to hundreds of nats.
-        Wr = W.reshape(n, N)
+        Wr = W.reshape(n, N)  # a view: writes to W below show in Wr
         lw32 = (Wr - Wr.max(axis=1, keepdims=True)).astype(np.float32)
-        u = rng.random(n, dtype=np.float32)  # [0, 1) in float32 (no rounding up to 1)
+        u = rng.random(n, dtype=np.float32)  # one per system, resampled or not: the stream stays aligned
         res = smc_resample(torch.from_numpy(lw32), torch.from_numpy(u))
-        ess = res.ess.cpu().numpy().astype(np.float64)
-        anc = res.ancestors.cpu().numpy()
-        ess_trace.append(ess.tolist())
-        for r in np.nonzero(ess < p.ess_threshold * N)[0]:
-            src = r * N + anc[r]  # [N] slots of the ancestors
+        sys_ess = res.ess.cpu().numpy().astype(np.float64)
+        ancestors = res.ancestors.cpu().numpy()
+        ess_trace.append(sys_ess.tolist())
+        for r in np.nonzero(sys_ess < p.ess_threshold * N)[0]:
+            src = r * N + ancestors[r]  # [N] slots of the ancestors
             dst = r * N + np.arange(N)
             tokens_r = [tokens[j] for j in src]
             logps_r = [logps[j] for j in src]
@@ -131,7 +136,7 @@ async def run_smc(
         W += ramp_reweight(cum_logp, alpha_prev, p.alpha)
     Wr = W.reshape(n, N)
     pick = categorical(Wr, rng.random(n))  # [n] particle drawn ∝ final weight
-    final_ess = 1.0 / (normalized_weights(Wr) ** 2).sum(axis=1)
+    final_ess = ess(Wr)
     outputs = []
     for r in range(n):
         j = r * N + int(pick[r])
