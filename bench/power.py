@@ -1,7 +1,7 @@
 """Power-sampling benchmark on a tiny HF model (CPU by default), side by side in one run:
 
 1. tokens generated per output token by MH, measured vs the analytic count of the schedule
-   (power_math.mh_token_count) and the paper's approximation N·L/(4B);
+   (bench/reference.py's mh_token_count) and the paper's approximation N·L/(4B);
 2. wall time of one MH response and one SMC response (32 particles) relative to plain sampling
    of the same output length;
 3. our MH (chains batched, proposals forking from the engine's KV prefix cache) vs the
@@ -31,11 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.reference import mh_token_count, reference_log_accept
 from temper.decoding.engine import SampleSpec
 from temper.decoding.engines.hf import HFEngine
-from temper.decoding.power_math import block_lengths, mh_token_count, reference_log_accept
-from temper.decoding.strategies.base import DecodeRequest, SamplingSettings
+from temper.decoding.power_math import block_lengths
+from temper.decoding.strategies.base import DecodeRequest
 from temper.decoding.strategies.registry import parse_decoding
+from temper.decoding.strategies.settings import SamplingSettings
 from temper.tiny_model import build_tiny_model
 
 OUT = Path(__file__).parent / "out"

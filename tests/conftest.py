@@ -67,3 +67,41 @@ def toy_engine():
     from temper.decoding.engines.toy import ToyEngine, ToyModel
 
     return ToyEngine(ToyModel(vocab_size=4, seed=0, eos_logit=0.5))
+
+
+def make_decode_request(engine, prompt=None, *, engines=None, options=None, prompt_text=None, **settings):
+    """A DecodeRequest for `engine`: `prompt` token ids (default: "hello" through the chat
+    template), SamplingSettings from the keywords, StrategyOptions from `options` (a dict)."""
+    from temper.decoding.strategies.base import DecodeRequest, StrategyOptions
+    from temper.decoding.strategies.settings import SamplingSettings
+
+    if prompt is None:
+        prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": "hello"}])
+    return DecodeRequest(
+        prompt=list(prompt),
+        settings=SamplingSettings(**settings),
+        engine=engine,
+        engines=engines if engines is not None else {engine.name: engine},
+        prompt_text=prompt_text,
+        options=StrategyOptions(**(options or {})),
+    )
+
+
+async def run_decoding(req, decoding: dict):
+    """Parse a `decoding` object as the server does and run it on `req`."""
+    from temper.decoding.strategies.registry import parse_decoding
+
+    strategy, params = parse_decoding(decoding)
+    return await strategy.run(req, params)
+
+
+@pytest.fixture
+def decode_request():
+    """Factory fixture: decode_request(engine, prompt=None, **settings) → DecodeRequest."""
+    return make_decode_request
+
+
+@pytest.fixture
+def run_strategy():
+    """Factory fixture: await run_strategy(req, {"strategy": ..., ...}) → StrategyResult."""
+    return run_decoding

@@ -36,7 +36,8 @@ class ServerThread:
 
     @property
     def state(self):
-        return self.app.state
+        """The app's ServerState (engines, runner, metrics...)."""
+        return self.app.state.temper
 
     def __enter__(self) -> ServerThread:
         self.thread.start()

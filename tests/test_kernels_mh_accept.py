@@ -9,17 +9,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from kernel_helpers import CHI2_999, interpreted, needs_triton, on_cuda, run_without_interpreter
 
 from temper.decoding import power_math as pm
-from temper.triton_kernels._triton import HAVE_TRITON, interpreting, run_without_interpreter, use_triton
+from temper.triton_kernels._triton import use_triton
 from temper.triton_kernels.mh_accept import mh_accept, mh_accept_torch, mh_accept_triton
-
-needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not importable")
-interpreted = pytest.mark.skipif(not (HAVE_TRITON and interpreting()),
-                                 reason="needs triton and TRITON_INTERPRET=1 (conftest sets it without CUDA)")
-on_cuda = pytest.mark.skipif(not torch.cuda.is_available() or interpreting(),
-                             reason="needs CUDA and TRITON_INTERPRET off")
-CHI2_999 = {3: 16.266}  # upper 0.999 quantile of chi-square(df), hard-coded (no scipy)
 
 
 def make_case(B: int, M: int, T: int, seed: int = 0):
@@ -162,7 +156,8 @@ def test_kernel_strided_inputs():
 
 def compile_sm90() -> None:
     """Compile (no launch) for Hopper; run by the test below without the interpreter."""
-    from temper.triton_kernels._triton import compile_for
+    from kernel_helpers import compile_for
+
     from temper.triton_kernels.mh_accept import _mh_kernel
 
     f32, i64 = "*fp32", "*i64"
@@ -175,6 +170,7 @@ def compile_sm90() -> None:
             dict(IS_MH=is_mh, BLOCK_C=block_c, BLOCK_T=512), num_warps=4)
 
 
+@pytest.mark.slow
 @needs_triton
 def test_kernel_compiles_for_sm90():
     pytest.importorskip("triton.backends.nvidia")

@@ -9,16 +9,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from kernel_helpers import interpreted, needs_triton, on_cuda, run_without_interpreter
 
 from temper.decoding import power_math as pm
-from temper.triton_kernels._triton import HAVE_TRITON, interpreting, run_without_interpreter, use_triton
+from temper.triton_kernels._triton import use_triton
 from temper.triton_kernels.smc_resample import smc_resample, smc_resample_torch, smc_resample_triton
-
-needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not importable")
-interpreted = pytest.mark.skipif(not (HAVE_TRITON and interpreting()),
-                                 reason="needs triton and TRITON_INTERPRET=1 (conftest sets it without CUDA)")
-on_cuda = pytest.mark.skipif(not torch.cuda.is_available() or interpreting(),
-                             reason="needs CUDA and TRITON_INTERPRET off")
 
 
 def make_case(R: int, N: int, seed: int = 0):
@@ -129,7 +124,8 @@ def test_kernel_strided_and_equal_weights():
 
 def compile_sm90() -> None:
     """Compile (no launch) for Hopper; run by the test below without the interpreter."""
-    from temper.triton_kernels._triton import compile_for
+    from kernel_helpers import compile_for
+
     from temper.triton_kernels.smc_resample import _smc_kernel
 
     f32 = "*fp32"
@@ -140,6 +136,7 @@ def compile_sm90() -> None:
             dict(BLOCK_N=block_n, BLOCK_I=block_i), num_warps=4)
 
 
+@pytest.mark.slow
 @needs_triton
 def test_kernel_compiles_for_sm90():
     pytest.importorskip("triton.backends.nvidia")

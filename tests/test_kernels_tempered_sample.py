@@ -11,30 +11,16 @@ import sys
 import numpy as np
 import pytest
 import torch
+from kernel_helpers import CHI2_999, chi2, interpreted, needs_triton, on_cuda, run_without_interpreter
 
 from temper.triton_kernels import rng
-from temper.triton_kernels._triton import HAVE_TRITON, interpreting, jit, run_without_interpreter, tl, use_triton
+from temper.triton_kernels._triton import jit, tl, use_triton
 from temper.triton_kernels.tempered_sample import (
     tempered_sample,
     tempered_sample_torch,
     tempered_sample_triton,
     truncation,
 )
-
-needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not importable")
-interpreted = pytest.mark.skipif(not (HAVE_TRITON and interpreting()),
-                                 reason="needs triton and TRITON_INTERPRET=1 (conftest sets it without CUDA)")
-on_cuda = pytest.mark.skipif(not torch.cuda.is_available() or interpreting(),
-                             reason="needs CUDA and TRITON_INTERPRET off")
-
-# Upper 0.999 quantiles of chi-square(df), hard-coded (no scipy): a correct sampler fails a
-# given seed with probability 1e-3, and the seeds are fixed, so a pass is a stable pass.
-CHI2_999 = {2: 13.816, 3: 16.266, 5: 20.515, 9: 27.877}
-
-
-def chi2(counts: np.ndarray, probs: np.ndarray) -> float:
-    expected = probs * counts.sum()
-    return float(((counts - expected) ** 2 / expected).sum())
 
 
 def make_case(B: int, V: int, dtype: torch.dtype, seed: int = 0):
@@ -243,7 +229,8 @@ def test_kernel_rejects_top_p():
 
 def compile_sm90(dtype: str) -> None:
     """Compile (no launch) for Hopper; run by the test below without the interpreter."""
-    from temper.triton_kernels._triton import compile_for
+    from kernel_helpers import compile_for
+
     from temper.triton_kernels.tempered_sample import _ts_combine_kernel, _ts_partial_kernel
 
     f32 = "*fp32"
@@ -260,6 +247,7 @@ def compile_sm90(dtype: str) -> None:
         dict(BLOCK_S=64), num_warps=1)
 
 
+@pytest.mark.slow
 @needs_triton
 @pytest.mark.parametrize("dtype", ["*fp32", "*bf16"])
 def test_kernel_compiles_for_sm90(dtype):

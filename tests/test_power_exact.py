@@ -13,13 +13,16 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from toys import paper_toy, tv_distance
 
+from bench.reference import reference_log_accept
 from temper.decoding.engine import SampleSpec
-from temper.decoding.engines.toy import ToyEngine, ToyModel, paper_toy, tv_distance
-from temper.decoding.power_math import block_lengths, reference_log_accept
-from temper.decoding.strategies.base import DecodeRequest, SamplingSettings
+from temper.decoding.engines.toy import ToyEngine, ToyModel
+from temper.decoding.power_math import block_lengths
+from temper.decoding.strategies.base import DecodeRequest, StrategyOptions
 from temper.decoding.strategies.power import PowerStrategy
 from temper.decoding.strategies.power_smc import checkpoints
+from temper.decoding.strategies.settings import SamplingSettings
 
 PROMPT = [0]
 A, B, EOS = 0, 1, 2
@@ -78,7 +81,7 @@ async def draw(model: ToyModel, decoding: dict, n: int, T: int, seed: int = 1):
     settings = SamplingSettings(seed=seed, max_tokens=T)
     settings.n = n
     strategy = PowerStrategy()
-    req = DecodeRequest(prompt=PROMPT, settings=settings, engine=engine, options={"max_sequences": 10**7})
+    req = DecodeRequest(prompt=PROMPT, settings=settings, engine=engine, options=StrategyOptions(max_sequences=10**7))
     res = await strategy.run(req, strategy.parse(decoding))
     counts = Counter(tuple(c.tokens) for c in res.completions)
     assert len(res.completions) == n
@@ -113,7 +116,7 @@ async def check_exact(alpha: float, decoding: dict) -> tuple[dict, int]:
     "alpha, decoding",
     [
         (2.0, {"block_size": 2, "mcmc_steps": 3}),
-        (4.0, {"block_size": 1, "mcmc_steps": 3}),
+        pytest.param(4.0, {"block_size": 1, "mcmc_steps": 3}, marks=pytest.mark.slow),
     ],
 )
 async def test_mh_matches_p_alpha(alpha, decoding):
@@ -129,7 +132,7 @@ async def test_mh_matches_p_alpha(alpha, decoding):
     "alpha, decoding",
     [
         # ess_threshold 0.9 so that resampling really happens (thousands of times)
-        (2.0, {"particles": 6, "resample_every": 2, "ess_threshold": 0.9}),
+        pytest.param(2.0, {"particles": 6, "resample_every": 2, "ess_threshold": 0.9}, marks=pytest.mark.slow),
         (4.0, {"particles": 4, "resample_every": 1, "ess_threshold": 0.9, "ramp_tokens": 3}),
     ],
 )

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 
+from bench.reference import mh_token_count, reference_log_accept
 from temper.decoding import power_math as pm
 
 
@@ -170,10 +171,10 @@ def test_ramp_staircase_reweighting_targets_p_alpha():
 def test_reference_acceptance_truncates_the_current_suffix():
     cur = np.array([-0.1, -0.2, -0.3, -0.4])
     same_len = np.array([-0.5, -0.1, -0.1, -0.1])
-    assert pm.reference_log_accept(cur, same_len) == pytest.approx(same_len.sum() - cur.sum())
+    assert reference_log_accept(cur, same_len) == pytest.approx(same_len.sum() - cur.sum())
     short = np.array([-0.05])  # proposal hit EOS after one token
     exact = short.sum() - cur.sum()  # the exact log r: padding counts 0
-    ref = pm.reference_log_accept(cur, short)
+    ref = reference_log_accept(cur, short)
     assert ref == pytest.approx(-0.05 + 0.1)
     assert ref < exact  # it under-accepts EOS-shortened proposals (§3.6)
 
@@ -183,7 +184,7 @@ def test_token_count_matches_schedule_enumeration_and_research_table():
     brute = L
     for t in pm.block_lengths(L, B):
         brute += N * M * sum(t - i for i in range(t)) / t  # uniform cut i, resample t − i tokens
-    assert pm.mh_token_count(L, B, N, M) == pytest.approx(brute)
-    assert pm.mh_token_count(L, B, N) / L == pytest.approx(14.5, abs=0.05)  # research §4 table
-    assert pm.mh_token_count(3072, 192, 10) / 3072 == pytest.approx(43.5, abs=0.05)
+    assert mh_token_count(L, B, N, M) == pytest.approx(brute)
+    assert mh_token_count(L, B, N) / L == pytest.approx(14.5, abs=0.05)  # research §4 table
+    assert mh_token_count(3072, 192, 10) / 3072 == pytest.approx(43.5, abs=0.05)
     assert pm.block_lengths(5, 2) == [2, 4, 5]

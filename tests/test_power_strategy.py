@@ -7,20 +7,13 @@ from __future__ import annotations
 import pytest
 
 from temper.decoding.engines.toy import ToyEngine, ToyModel
+from temper.decoding.errors import ParamError
 from temper.decoding.power_math import block_lengths
-from temper.decoding.strategies.base import DecodeRequest, ParamError, SamplingSettings
-from temper.decoding.strategies.power import DEFAULT_MAX_TOKENS, PowerParams, PowerStrategy, token_budget
+from temper.decoding.strategies.base import DecodeRequest
+from temper.decoding.strategies.power import PowerStrategy
+from temper.decoding.strategies.power_params import DEFAULT_MAX_TOKENS, PowerParams, token_budget
 from temper.decoding.strategies.registry import get_strategy, parse_decoding
-
-
-def request(engine, **settings) -> DecodeRequest:
-    prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": "hello"}])
-    return DecodeRequest(prompt=prompt, settings=SamplingSettings(**settings), engine=engine)
-
-
-async def run(engine, decoding: dict, **settings):
-    strategy, params = parse_decoding({"strategy": "power", **decoding})
-    return await strategy.run(request(engine, **settings), params)
+from temper.decoding.strategies.settings import SamplingSettings
 
 
 def test_registered_and_not_streamable():
@@ -67,22 +60,22 @@ def test_bad_params_are_param_errors_naming_the_field(decoding, field):
     assert field in e.value.message
 
 
-def test_token_budget():
+def test_token_budget(decode_request):
     eng = ToyEngine(ToyModel(), max_context=4000)
     p = PowerParams()
-    assert token_budget(request(eng), p) == DEFAULT_MAX_TOKENS  # default cap
-    assert token_budget(request(eng, max_tokens=10), p) == 10  # the request's, below the cap
-    assert token_budget(request(eng, max_tokens=9999), p) == DEFAULT_MAX_TOKENS
-    assert token_budget(request(eng, max_tokens=10), PowerParams(max_tokens=7)) == 7  # decoding overrides
-    assert token_budget(request(eng, max_tokens=10), PowerParams(max_tokens=50)) == 50
-    room = 4000 - len(request(eng).prompt)
-    assert token_budget(request(eng), PowerParams(max_tokens=5000)) == room  # the context caps
+    assert token_budget(decode_request(eng), p) == DEFAULT_MAX_TOKENS  # default cap
+    assert token_budget(decode_request(eng, max_tokens=10), p) == 10  # the request's, below the cap
+    assert token_budget(decode_request(eng, max_tokens=9999), p) == DEFAULT_MAX_TOKENS
+    assert token_budget(decode_request(eng, max_tokens=10), PowerParams(max_tokens=7)) == 7  # decoding overrides
+    assert token_budget(decode_request(eng, max_tokens=10), PowerParams(max_tokens=50)) == 50
+    room = 4000 - len(decode_request(eng).prompt)
+    assert token_budget(decode_request(eng), PowerParams(max_tokens=5000)) == room  # the context caps
 
 
-async def test_mh_metadata_usage_and_one_call_per_step():
+async def test_mh_metadata_usage_and_one_call_per_step(decode_request, run_strategy):
     eng = ToyEngine(ToyModel(vocab_size=4, seed=0, eos_logit=-1.0))
     dec = {"alpha": 2, "block_size": 3, "mcmc_steps": 2, "proposals": 2}
-    res = await run(eng, dec, n=3, max_tokens=7, seed=5)
+    res = await run_strategy(decode_request(eng, n=3, max_tokens=7, seed=5), {"strategy": "power", **dec})
     m = res.metadata
     assert m["strategy"] == "power" and m["method"] == "mh" and m["alpha"] == 2.0
     assert res.completion_tokens == m["tokens_generated"] == eng.stats.generated_tokens
@@ -100,10 +93,10 @@ async def test_mh_metadata_usage_and_one_call_per_step():
         assert "acceptance_rate" in c.metadata
 
 
-async def test_smc_metadata_usage_and_one_call_per_interval():
+async def test_smc_metadata_usage_and_one_call_per_interval(decode_request, run_strategy):
     eng = ToyEngine(ToyModel(vocab_size=4, seed=0, eos_logit=-1.0))
     dec = {"method": "smc", "alpha": 3, "particles": 8, "resample_every": 2, "ess_threshold": 0.9}
-    res = await run(eng, dec, n=2, max_tokens=8, seed=5)
+    res = await run_strategy(decode_request(eng, n=2, max_tokens=8, seed=5), {"strategy": "power", **dec})
     m = res.metadata
     assert m["method"] == "smc" and m["particles"] == 8
     assert res.completion_tokens == m["tokens_generated"] == eng.stats.generated_tokens
@@ -117,13 +110,20 @@ async def test_smc_metadata_usage_and_one_call_per_interval():
 
 
 @pytest.mark.parametrize("method", ["mh", "smc"])
-async def test_seeds_reproduce_and_stop_tokens_end_responses(method):
+async def test_seeds_reproduce_and_stop_tokens_end_responses(method, decode_request, run_strategy):
     eng = ToyEngine(ToyModel(vocab_size=5, seed=2, eos_logit=-2.0))
     dec = {"method": method, "alpha": 2}
     dec |= {"block_size": 3, "mcmc_steps": 3} if method == "mh" else {"particles": 4, "resample_every": 3}
-    a = await run(eng, dec, n=4, max_tokens=9, seed=11, stop_token_ids=[1])
-    b = await run(eng, dec, n=4, max_tokens=9, seed=11, stop_token_ids=[1])
-    c = await run(eng, {**dec, "seed": 12}, n=4, max_tokens=9, seed=11, stop_token_ids=[1])
+    a = await run_strategy(
+        decode_request(eng, n=4, max_tokens=9, seed=11, stop_token_ids=[1]), {"strategy": "power", **dec}
+    )
+    b = await run_strategy(
+        decode_request(eng, n=4, max_tokens=9, seed=11, stop_token_ids=[1]), {"strategy": "power", **dec}
+    )
+    c = await run_strategy(
+        decode_request(eng, n=4, max_tokens=9, seed=11, stop_token_ids=[1]),
+        {"strategy": "power", **{**dec, "seed": 12}},
+    )
     toks = [x.tokens for x in a.completions]
     assert toks == [x.tokens for x in b.completions]
     assert a.metadata["tokens_generated"] == b.metadata["tokens_generated"]
@@ -134,20 +134,24 @@ async def test_seeds_reproduce_and_stop_tokens_end_responses(method):
         assert x.finish_reason == ("stop" if stops else "length")
 
 
-async def test_top_logprobs_from_a_score_call():
+async def test_top_logprobs_from_a_score_call(decode_request, run_strategy):
     eng = ToyEngine(ToyModel(vocab_size=4, seed=0))
-    res = await run(eng, {"alpha": 2, "block_size": 2, "mcmc_steps": 1}, n=2, max_tokens=4, seed=1,
-                    logprobs=True, top_logprobs=2)
+    res = await run_strategy(
+        decode_request(eng, n=2, max_tokens=4, seed=1, logprobs=True, top_logprobs=2),
+        {"strategy": "power", **{"alpha": 2, "block_size": 2, "mcmc_steps": 1}},
+    )
     for c in res.completions:
         assert c.top_ids.shape == (len(c.tokens), 2) and c.top_logps.shape == (len(c.tokens), 2)
         assert (c.top_logps[:, 0] >= c.logp - 1e-6).all()
 
 
-async def test_early_stop_ends_finished_chains_at_the_block_boundary():
+async def test_early_stop_ends_finished_chains_at_the_block_boundary(decode_request, run_strategy):
     eng = ToyEngine(ToyModel(vocab_size=3, seed=1, eos_logit=3.0))  # EOS almost at once
     dec = {"alpha": 2, "block_size": 2, "mcmc_steps": 2}
-    exact = await run(eng, dec, n=4, max_tokens=10, seed=3)
-    early = await run(eng, {**dec, "early_stop": True}, n=4, max_tokens=10, seed=3)
+    exact = await run_strategy(decode_request(eng, n=4, max_tokens=10, seed=3), {"strategy": "power", **dec})
+    early = await run_strategy(
+        decode_request(eng, n=4, max_tokens=10, seed=3), {"strategy": "power", **{**dec, "early_stop": True}}
+    )
     assert exact.metadata["blocks"] == 5
     assert early.metadata["blocks"] < 5
     assert early.metadata["tokens_generated"] < exact.metadata["tokens_generated"]
@@ -165,10 +169,10 @@ async def test_empty_prompt_and_full_context_are_param_errors():
 
 
 @pytest.mark.parametrize("method", ["mh", "smc"])
-async def test_hf_engine_smoke(hf_engine, method):
+async def test_hf_engine_smoke(hf_engine, method, decode_request, run_strategy):
     dec = {"method": method, "alpha": 4}
     dec |= {"block_size": 4, "mcmc_steps": 2} if method == "mh" else {"particles": 4, "resample_every": 4}
-    a = await run(hf_engine, dec, n=2, max_tokens=8, seed=3)
+    a = await run_strategy(decode_request(hf_engine, n=2, max_tokens=8, seed=3), {"strategy": "power", **dec})
     assert len(a.completions) == 2
     for c in a.completions:
         assert 1 <= len(c.tokens) <= 8 and len(c.logp) == len(c.tokens)
@@ -182,7 +186,7 @@ async def test_hf_engine_smoke(hf_engine, method):
         assert hf_engine.stats.prefix_hit_tokens > 0
     else:
         assert m["ess_trace"]
-    b = await run(hf_engine, dec, n=2, max_tokens=8, seed=3)
+    b = await run_strategy(decode_request(hf_engine, n=2, max_tokens=8, seed=3), {"strategy": "power", **dec})
     assert [c.tokens for c in a.completions] == [c.tokens for c in b.completions]
 
 

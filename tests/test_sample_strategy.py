@@ -4,45 +4,42 @@ from __future__ import annotations
 
 import pytest
 
-from temper.decoding.strategies.base import DecodeRequest, ParamError, SamplingSettings
+from temper.decoding.errors import ParamError
+from temper.decoding.strategies.base import DecodeRequest
 from temper.decoding.strategies.registry import get_strategy, parse_decoding
+from temper.decoding.strategies.settings import SamplingSettings
 
 
-def request(engine, **settings):
-    prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": "hello"}])
-    return DecodeRequest(prompt=prompt, settings=SamplingSettings(**settings), engine=engine)
-
-
-async def test_default_decoding_is_sample_and_n_is_one_call(toy_engine):
+async def test_default_decoding_is_sample_and_n_is_one_call(toy_engine, decode_request):
     strategy, params = parse_decoding(None)
     assert strategy.name == "sample"
-    res = await strategy.run(request(toy_engine, n=4, max_tokens=5, seed=1), params)
+    res = await strategy.run(decode_request(toy_engine, n=4, max_tokens=5, seed=1), params)
     assert len(res.completions) == 4 and toy_engine.calls == 1
     assert res.completion_tokens == sum(len(c.tokens) for c in res.completions)
 
 
-async def test_seeded_requests_reproduce(hf_engine):
+async def test_seeded_requests_reproduce(hf_engine, decode_request):
     strategy, params = parse_decoding({"strategy": "sample"})
-    a = await strategy.run(request(hf_engine, n=3, max_tokens=8, seed=7), params)
-    b = await strategy.run(request(hf_engine, n=3, max_tokens=8, seed=7), params)
+    a = await strategy.run(decode_request(hf_engine, n=3, max_tokens=8, seed=7), params)
+    b = await strategy.run(decode_request(hf_engine, n=3, max_tokens=8, seed=7), params)
     assert [c.tokens for c in a.completions] == [c.tokens for c in b.completions]
     assert len({tuple(c.tokens) for c in a.completions}) > 1  # the n choices differ
 
 
-async def test_decoding_fields_override_request_fields(hf_engine):
+async def test_decoding_fields_override_request_fields(hf_engine, decode_request):
     strategy, params = parse_decoding({"strategy": "sample", "temperature": 0, "max_tokens": 4})
-    res = await strategy.run(request(hf_engine, n=2, max_tokens=50, seed=3, temperature=1.0), params)
+    res = await strategy.run(decode_request(hf_engine, n=2, max_tokens=50, seed=3, temperature=1.0), params)
     assert res.completions[0].tokens == res.completions[1].tokens  # greedy
     assert all(len(c.tokens) <= 4 for c in res.completions)
 
 
-async def test_stop_string_cuts_text_and_ends_sampling(hf_engine):
+async def test_stop_string_cuts_text_and_ends_sampling(hf_engine, decode_request):
     strategy, params = parse_decoding(None)
-    free = await strategy.run(request(hf_engine, max_tokens=30, seed=11, stop_token_ids=[]), params)
+    free = await strategy.run(decode_request(hf_engine, max_tokens=30, seed=11, stop_token_ids=[]), params)
     text = hf_engine.tokenizer.decode(free.completions[0].tokens)
     stop = text[5:7]
     assert stop and stop in text
-    res = await strategy.run(request(hf_engine, max_tokens=30, seed=11, stop=[stop]), params)
+    res = await strategy.run(decode_request(hf_engine, max_tokens=30, seed=11, stop=[stop]), params)
     c = res.completions[0]
     assert c.finish_reason == "stop"
     assert c.text == text[: text.index(stop)]

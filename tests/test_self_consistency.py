@@ -8,8 +8,10 @@ import pytest
 
 from temper.decoding import answers as A
 from temper.decoding.engines.toy import ToyEngine, ToyModel
-from temper.decoding.strategies.base import DecodeRequest, ParamError, SamplingSettings
+from temper.decoding.errors import ParamError
+from temper.decoding.strategies.base import DecodeRequest
 from temper.decoding.strategies.registry import parse_decoding
+from temper.decoding.strategies.settings import SamplingSettings
 
 EOS = 10
 
@@ -39,20 +41,12 @@ def digit_engine(first: dict[int, float]) -> ToyEngine:
     return eng
 
 
-def request(engine, **settings):
-    return DecodeRequest(
-        prompt=[0], settings=SamplingSettings(**{"seed": 11, "max_tokens": 4, **settings}), engine=engine
-    )
-
-
-async def run(req, **decoding):
-    strategy, params = parse_decoding({"strategy": "self_consistency", **decoding})
-    return await strategy.run(req, params)
-
-
-async def test_majority_answer_wins_in_one_call():
+async def test_majority_answer_wins_in_one_call(decode_request, run_strategy):
     eng = digit_engine({7: 0.6, 3: 0.3, 5: 0.1})
-    res = await run(request(eng), rollouts=16, return_rollouts=True)
+    res = await run_strategy(
+        decode_request(eng, [0], seed=11, max_tokens=4),
+        {"strategy": "self_consistency", "rollouts": 16, "return_rollouts": True},
+    )
     m = res.metadata
     assert eng.calls == 1
     counts = Counter(a for a in m["answers"] if a is not None)
@@ -66,11 +60,13 @@ async def test_majority_answer_wins_in_one_call():
     assert res.completion_tokens == eng.stats.generated_tokens == 32  # 16 × (digit + EOS)
 
 
-async def test_votes_tie_broken_by_mean_logprob():
+async def test_votes_tie_broken_by_mean_logprob(decode_request, run_strategy):
     # 7 is likelier than 3, so on equal votes 7's rollouts have the higher mean log-prob
     eng = digit_engine({7: 0.55, 3: 0.45})
     for seed in range(40):
-        res = await run(request(eng, seed=seed), rollouts=4)
+        res = await run_strategy(
+            decode_request(eng, [0], max_tokens=4, seed=seed), {"strategy": "self_consistency", "rollouts": 4}
+        )
         if list(res.metadata["votes"].values()) == [2, 2]:
             break
     else:
@@ -79,9 +75,11 @@ async def test_votes_tie_broken_by_mean_logprob():
     assert list(res.metadata["votes"]) == ["7", "3"]
 
 
-async def test_n_returns_one_rollout_per_answer_then_fills():
+async def test_n_returns_one_rollout_per_answer_then_fills(decode_request, run_strategy):
     eng = digit_engine({7: 0.5, 3: 0.3, 5: 0.2})
-    res = await run(request(eng, n=5), rollouts=12)
+    res = await run_strategy(
+        decode_request(eng, [0], seed=11, max_tokens=4, n=5), {"strategy": "self_consistency", "rollouts": 12}
+    )
     m = res.metadata
     ranked = list(m["votes"])
     answers = [c.metadata["answer"] for c in res.completions]
@@ -91,35 +89,44 @@ async def test_n_returns_one_rollout_per_answer_then_fills():
     assert fill == sorted(fill)  # then the other rollouts, by their answer's rank
 
 
-async def test_n_above_rollouts_is_a_400():
+async def test_n_above_rollouts_is_a_400(decode_request, run_strategy):
     eng = digit_engine({7: 1.0})
     with pytest.raises(ParamError) as err:
-        await run(request(eng, n=9), rollouts=8)
+        await run_strategy(
+            decode_request(eng, [0], seed=11, max_tokens=4, n=9), {"strategy": "self_consistency", "rollouts": 8}
+        )
     assert err.value.param == "n" and eng.calls == 0
 
 
-async def test_rollouts_without_answers_do_not_vote(toy_engine):
+async def test_rollouts_without_answers_do_not_vote(toy_engine, run_strategy):
     # ToyEngine prints letters: no rollout has an answer; the most likely rollout comes back
     req = DecodeRequest(prompt=[0, 1], settings=SamplingSettings(seed=1, max_tokens=6), engine=toy_engine)
-    res = await run(req, rollouts=5)
+    res = await run_strategy(req, {"strategy": "self_consistency", "rollouts": 5})
     m = res.metadata
     assert m["winner"] is None and m["votes"] == {} and m["answers"] == [None] * 5
     assert m["chosen"][0] == max(range(5), key=lambda i: (m["scores"][i], -i))
 
 
-async def test_extractors_are_pluggable_by_name(monkeypatch):
+async def test_extractors_are_pluggable_by_name(monkeypatch, decode_request, run_strategy):
     monkeypatch.setitem(A.EXTRACTORS, "parity", lambda t: "odd" if t and int(t[-1]) % 2 else "even")
     eng = digit_engine({7: 0.3, 3: 0.3, 4: 0.4})
-    res = await run(request(eng), rollouts=10, extractor="parity")
+    res = await run_strategy(
+        decode_request(eng, [0], seed=11, max_tokens=4),
+        {"strategy": "self_consistency", "rollouts": 10, "extractor": "parity"},
+    )
     assert set(res.metadata["answers"]) <= {"odd", "even"}
     assert res.metadata["extractor"] == "parity"
 
 
 @pytest.mark.parametrize(
     ("decoding", "param"),
-    [({"rollouts": 0}, "decoding.rollouts"), ({"rollouts": 65}, "decoding.rollouts"),
-     ({"extractor": "nope"}, "decoding.extractor"), ({"inner": {"strategy": "self_consistency"}},
-                                                     "decoding.inner.strategy"), ({"vote": "x"}, "decoding.vote")],
+    [
+        ({"rollouts": 0}, "decoding.rollouts"),
+        ({"rollouts": 65}, "decoding.rollouts"),
+        ({"extractor": "nope"}, "decoding.extractor"),
+        ({"inner": {"strategy": "self_consistency"}}, "decoding.inner.strategy"),
+        ({"vote": "x"}, "decoding.vote"),
+    ],
 )
 def test_bad_params_name_the_field(decoding, param):
     with pytest.raises(ParamError) as err:

@@ -71,7 +71,7 @@ def test_429_when_the_queue_is_full(server):
     threads = [threading.Thread(target=slow) for _ in range(2)]
     for t in threads:
         t.start()
-    assert wait_until(lambda: server.state.admission.in_flight == 2)
+    assert wait_until(lambda: server.state.runner.in_flight == 2)
     c = openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0)
     with pytest.raises(openai.RateLimitError) as exc:
         c.completions.create(model="toy", prompt="ab", max_tokens=2)
@@ -91,7 +91,7 @@ def test_request_timeout_is_504_and_frees_the_slot(server):
     r = post(server, "/v1/completions", {"prompt": "ab", "max_tokens": 8, "decoding": decoding})
     assert r.status_code == 504 and r.json()["error"]["type"] == "TimeoutError"
     assert r.headers["x-should-retry"] == "false"
-    assert wait_until(lambda: server.state.admission.in_flight == 0)
+    assert wait_until(lambda: server.state.runner.in_flight == 0)
 
 
 def test_streaming_heartbeats_then_final_text(server):
@@ -117,7 +117,7 @@ def test_stream_timeout_is_an_error_event(server):
         assert r.status_code == 200
         lines = [line for line in r.iter_lines() if line.startswith("data: ")]
     assert json.loads(lines[-2][6:])["error"]["code"] == 504 and lines[-1] == "data: [DONE]"
-    assert wait_until(lambda: server.state.admission.in_flight == 0)
+    assert wait_until(lambda: server.state.runner.in_flight == 0)
 
 
 @pytest.mark.parametrize(
@@ -201,8 +201,8 @@ def test_metrics_exposition(server):
         "temper_http_requests_total",
     ):
         assert family in text
-    assert 'temper_requests_total{model="toy",strategy="sample",status="200"}' in text
-    assert 'temper_requests_total{model="",strategy="",status="401"}' not in text  # auth is per route
+    assert 'temper_requests_total{model="toy",status="200",strategy="sample"}' in text
+    assert 'temper_requests_total{model="",status="401",strategy=""}' not in text  # auth is per route
     assert 'status="429"' in text
     for line in text.splitlines():
         if not line.startswith("#"):

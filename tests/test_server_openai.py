@@ -257,7 +257,7 @@ def test_client_disconnect_frees_the_engine(server):
                 got += line.startswith("data: ")
                 if got >= 5:
                     break
-        assert wait_until(lambda: engine.queue_depth == 0 and server.state.admission.in_flight == 0, timeout=10)
+        assert wait_until(lambda: engine.queue_depth == 0 and server.state.runner.in_flight == 0, timeout=10)
         assert engine.stats.generated_tokens - before < 2 * 1500
     finally:
         engine.eos_ids = eos
@@ -288,7 +288,7 @@ def test_fifty_concurrent_mixed_requests(server):
         return await asyncio.gather(*(one(i) for i in range(50)))
 
     assert all(asyncio.run(main()))
-    assert wait_until(lambda: server.state.admission.in_flight == 0)
+    assert wait_until(lambda: server.state.runner.in_flight == 0)
 
 
 def test_scoring_and_token_routes(server):
@@ -321,8 +321,8 @@ def test_non_streaming_client_that_gives_up_frees_the_engine(server):
         body = {"model": "tiny", "prompt": "Hi", "max_tokens": 1500, "n": 2}
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(server.url + "/v1/completions", json=body, headers=AUTH, timeout=0.5)
-        assert wait_until(lambda: engine.queue_depth == 0 and server.state.admission.in_flight == 0, timeout=10)
+        assert wait_until(lambda: engine.queue_depth == 0 and server.state.runner.in_flight == 0, timeout=10)
     finally:
         engine.eos_ids = eos
     metrics = httpx.get(server.url + "/metrics", headers=AUTH).text
-    assert 'temper_requests_total{model="tiny",strategy="sample",status="499"}' in metrics
+    assert 'temper_requests_total{model="tiny",status="499",strategy="sample"}' in metrics

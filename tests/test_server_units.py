@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from temper.decoding.strategies.base import Completion, ParamError
+from temper.decoding.errors import ParamError
+from temper.decoding.strategies.completion import Completion
 from temper.server.errors import as_api_error
 from temper.server.logprobs import FLOOR, TokenLogprobs, chat_content, legacy
 from temper.server.metrics import Metrics, RequestRecord
@@ -78,14 +79,15 @@ def test_logprob_shapes(tok):
 
 def test_prometheus_text():
     m = Metrics()
+    m.watch(lambda: {}, lambda: (2, 8))
     rec = RequestRecord(m, model='m"1', strategy="sample", prompt_tokens=3, completion_tokens=5)
     rec.finish(200)
     rec.finish(500)  # a record counts once
-    text = m.render({}, in_flight=2, limit=8)
-    assert 'temper_requests_total{model="m\\"1",strategy="sample",status="200"} 1' in text
-    assert 'temper_tokens_total{model="m\\"1",strategy="sample",kind="completion"} 5' in text
-    assert 'temper_request_seconds_bucket{model="m\\"1",strategy="sample",le="+Inf"} 1' in text
-    assert "temper_queue_depth 2" in text and "temper_queue_limit 8" in text
+    text = m.render().decode()
+    assert 'temper_requests_total{model="m\\"1",status="200",strategy="sample"} 1.0' in text
+    assert 'temper_tokens_total{kind="completion",model="m\\"1",strategy="sample"} 5.0' in text
+    assert 'temper_request_seconds_bucket{le="+Inf",model="m\\"1",strategy="sample"} 1.0' in text
+    assert "temper_queue_depth 2.0" in text and "temper_queue_limit 8.0" in text
     assert "# TYPE temper_request_seconds histogram" in text
     assert 'status="500"' not in text
 

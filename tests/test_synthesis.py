@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from temper.decoding.engines.toy import ToyEngine, ToyModel
-from temper.decoding.strategies.base import DecodeRequest, ParamError, SamplingSettings
+from temper.decoding.errors import ParamError
+from temper.decoding.strategies.base import DecodeRequest
 from temper.decoding.strategies.registry import parse_decoding
+from temper.decoding.strategies.settings import SamplingSettings
 from temper.decoding.synthesis_prompt import (
     CUT_MARKER,
     PRESETS,
@@ -17,6 +19,10 @@ from temper.decoding.synthesis_prompt import (
 )
 
 QUESTION = "What is 17 times 23? Show your work."
+
+
+def ask(engine) -> list[int]:
+    return engine.tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}])
 
 
 class ByteTokenizer:
@@ -55,23 +61,6 @@ def byte_engine(name="policy", seed=0, eos_logit=2.0, max_context=4096):
     return eng
 
 
-def request(engine, engines=None, options=None, **settings):
-    prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}])
-    return DecodeRequest(
-        prompt=prompt,
-        settings=SamplingSettings(**{"seed": 7, "max_tokens": 16, **settings}),
-        engine=engine,
-        engines=engines if engines is not None else {engine.name: engine},
-        prompt_text=QUESTION,
-        options=options or {},
-    )
-
-
-async def run(req, **decoding):
-    strategy, params = parse_decoding({"strategy": "synthesis", **decoding})
-    return await strategy.run(req, params)
-
-
 def contains(seq, sub):
     return any(list(seq[i : i + len(sub)]) == list(sub) for i in range(len(seq) - len(sub) + 1))
 
@@ -79,10 +68,13 @@ def contains(seq, sub):
 # ---------------------------------------------------------------- the anchor prompt
 
 
-async def test_anchor_never_sees_the_question_unless_asked():
+async def test_anchor_never_sees_the_question_unless_asked(decode_request, run_strategy):
     eng = byte_engine()
     q_ids = eng.tokenizer.encode(QUESTION)
-    res = await run(request(eng), rollouts=4, return_rollouts=True)
+    res = await run_strategy(
+        decode_request(eng, ask(eng), prompt_text=QUESTION, seed=7, max_tokens=16),
+        {"strategy": "synthesis", "rollouts": 4, "return_rollouts": True},
+    )
     rollout_call, anchor_call = eng.batches
     assert all(contains(s.prefix, q_ids) for s in rollout_call)  # the policy does see it
     anchor_ids = anchor_call[0].prefix
@@ -96,14 +88,25 @@ async def test_anchor_never_sees_the_question_unless_asked():
         assert text.strip() in res.metadata["anchor_prompt"]
 
     eng = byte_engine()
-    await run(request(eng), rollouts=4, include_question=True)
+    await run_strategy(
+        decode_request(eng, ask(eng), prompt_text=QUESTION, seed=7, max_tokens=16),
+        {"strategy": "synthesis", "rollouts": 4, "include_question": True},
+    )
     assert contains(eng.batches[1][0].prefix, q_ids)
 
 
-async def test_rollouts_are_one_call_and_n_syntheses_share_one_set():
+async def test_rollouts_are_one_call_and_n_syntheses_share_one_set(decode_request, run_strategy):
     policy, anchor = byte_engine("policy"), byte_engine("judge", seed=3)
-    req = request(policy, engines={"policy": policy, "judge": anchor}, n=3)
-    res = await run(req, rollouts=5, anchor_model="judge")
+    req = decode_request(
+        policy,
+        ask(policy),
+        prompt_text=QUESTION,
+        seed=7,
+        max_tokens=16,
+        engines={"policy": policy, "judge": anchor},
+        n=3,
+    )
+    res = await run_strategy(req, {"strategy": "synthesis", "rollouts": 5, "anchor_model": "judge"})
     assert policy.calls == 1 and len(policy.batches[0]) == 5
     assert anchor.calls == 1 and len(anchor.batches[0]) == 3
     assert len({s.prefix for s in anchor.batches[0]}) == 1  # n syntheses of one rollout set
@@ -116,21 +119,32 @@ class WideTokenizer(ByteTokenizer):
     vocab_size = 300  # another vocabulary, as far as the strategy can tell
 
 
-async def test_anchor_with_another_tokenizer_returns_text_and_refuses_logprobs():
+async def test_anchor_with_another_tokenizer_returns_text_and_refuses_logprobs(decode_request, run_strategy):
     policy, anchor = byte_engine("policy"), byte_engine("other", seed=3)
     anchor.tokenizer = WideTokenizer()
     engines = {"policy": policy, "other": anchor}
-    res = await run(request(policy, engines=engines), rollouts=2, anchor_model="other")
+    res = await run_strategy(
+        decode_request(policy, ask(policy), prompt_text=QUESTION, seed=7, max_tokens=16, engines=engines),
+        {"strategy": "synthesis", "rollouts": 2, "anchor_model": "other"},
+    )
     assert all(c.text == anchor.tokenizer.decode(c.tokens) for c in res.completions)
     with pytest.raises(ParamError) as err:
-        await run(request(policy, engines=engines, logprobs=True), rollouts=2, anchor_model="other")
+        await run_strategy(
+            decode_request(
+                policy, ask(policy), prompt_text=QUESTION, seed=7, max_tokens=16, engines=engines, logprobs=True
+            ),
+            {"strategy": "synthesis", "rollouts": 2, "anchor_model": "other"},
+        )
     assert err.value.param == "logprobs"
     assert policy.calls == 1  # only the first request sampled
 
 
-async def test_same_model_anchor_is_two_calls_and_usage_counts_everything():
+async def test_same_model_anchor_is_two_calls_and_usage_counts_everything(decode_request, run_strategy):
     eng = byte_engine()
-    res = await run(request(eng, n=2), rollouts=6)
+    res = await run_strategy(
+        decode_request(eng, ask(eng), prompt_text=QUESTION, seed=7, max_tokens=16, n=2),
+        {"strategy": "synthesis", "rollouts": 6},
+    )
     assert eng.calls == 2
     rollout_tokens = eng.stats.generated_tokens - sum(len(c.tokens) for c in res.completions)
     assert res.metadata["rollout_tokens_generated"] == rollout_tokens
@@ -140,27 +154,44 @@ async def test_same_model_anchor_is_two_calls_and_usage_counts_everything():
     assert len(res.metadata["answers"]) == 6 and res.metadata["truncated"] is False
 
 
-async def test_anchor_uses_request_settings_and_rollouts_temperature_one():
+async def test_anchor_uses_request_settings_and_rollouts_temperature_one(decode_request, run_strategy):
     eng = byte_engine()
-    await run(request(eng, temperature=0.5, top_p=0.9, max_tokens=5), rollouts=3)
+    await run_strategy(
+        decode_request(eng, ask(eng), prompt_text=QUESTION, seed=7, temperature=0.5, top_p=0.9, max_tokens=5),
+        {"strategy": "synthesis", "rollouts": 3},
+    )
     rollouts, anchor = eng.batches
     assert all(s.alpha == 1.0 and s.top_p == 0.9 and s.max_new_tokens == 5 for s in rollouts)
     assert all(s.alpha == 2.0 and s.top_p == 0.9 and s.max_new_tokens == 5 for s in anchor)
 
 
-async def test_seeded_requests_repeat():
+async def test_seeded_requests_repeat(decode_request, run_strategy):
     outs = []
     for _ in range(2):
-        res = await run(request(byte_engine(), n=2), rollouts=3, return_rollouts=True)
+        res = await run_strategy(
+            decode_request(byte_engine(), ask(byte_engine()), prompt_text=QUESTION, seed=7, max_tokens=16, n=2),
+            {"strategy": "synthesis", "rollouts": 3, "return_rollouts": True},
+        )
         outs.append(([c.tokens for c in res.completions], res.metadata["rollouts"]))
     assert outs[0] == outs[1]
 
 
-async def test_truncation_is_even_and_fits_the_anchor():
+async def test_truncation_is_even_and_fits_the_anchor(decode_request, run_strategy):
     policy = byte_engine(eos_logit=-20.0)  # no early EOS: every rollout is max_tokens long
     anchor = byte_engine("small", max_context=200)
-    req = request(policy, engines={"policy": policy, "small": anchor}, max_tokens=40)
-    res = await run(req, rollouts=4, anchor_model="small", template="R:{rollouts}", return_rollouts=True)
+    req = decode_request(
+        policy, ask(policy), prompt_text=QUESTION, seed=7, engines={"policy": policy, "small": anchor}, max_tokens=40
+    )
+    res = await run_strategy(
+        req,
+        {
+            "strategy": "synthesis",
+            "rollouts": 4,
+            "anchor_model": "small",
+            "template": "R:{rollouts}",
+            "return_rollouts": True,
+        },
+    )
     m = res.metadata
     assert m["truncated"] is True
     kept, lengths = m["rollout_tokens_kept"], m["rollout_tokens"]
@@ -172,21 +203,40 @@ async def test_truncation_is_even_and_fits_the_anchor():
     assert m["anchor_prompt"].count(CUT_MARKER.strip()) == len(cut)
 
 
-async def test_server_template_and_request_template():
+async def test_server_template_and_request_template(decode_request, run_strategy):
     eng = byte_engine()
-    await run(request(eng, options={"synthesis_template": "SERVER {count}:{rollouts}"}), rollouts=2)
+    await run_strategy(
+        decode_request(
+            eng,
+            ask(eng),
+            prompt_text=QUESTION,
+            seed=7,
+            max_tokens=16,
+            options={"synthesis_template": "SERVER {count}:{rollouts}"},
+        ),
+        {"strategy": "synthesis", "rollouts": 2},
+    )
     assert eng.tokenizer.decode(eng.batches[1][0].prefix).startswith("<user>\nSERVER 2:### Response 1")
     eng = byte_engine()
-    res = await run(request(eng, options={"synthesis_template": "SERVER {rollouts}"}), rollouts=2,
-                    template="freeform", return_rollouts=True)
+    res = await run_strategy(
+        decode_request(
+            eng,
+            ask(eng),
+            prompt_text=QUESTION,
+            seed=7,
+            max_tokens=16,
+            options={"synthesis_template": "SERVER {rollouts}"},
+        ),
+        {"strategy": "synthesis", "rollouts": 2, "template": "freeform", "return_rollouts": True},
+    )
     assert "combines the strengths" in res.metadata["anchor_prompt"]
 
 
-async def test_synthesis_over_power_rollouts(toy_engine):
+async def test_synthesis_over_power_rollouts(toy_engine, run_strategy):
     pytest.importorskip("temper.decoding.strategies.power")
     req = DecodeRequest(prompt=[0, 1], settings=SamplingSettings(seed=3, max_tokens=8), engine=toy_engine)
     inner = {"strategy": "power", "alpha": 2.0, "block_size": 4, "mcmc_steps": 2}
-    res = await run(req, rollouts=3, inner=inner, return_rollouts=True)
+    res = await run_strategy(req, {"strategy": "synthesis", "rollouts": 3, "inner": inner, "return_rollouts": True})
     assert res.metadata["inner"]["strategy"] == "power"
     assert len(res.metadata["rollouts"]) == 3
     anchor_tokens = sum(len(c.tokens) for c in res.completions)
@@ -219,18 +269,24 @@ def test_bad_params_name_the_field(decoding, param):
     assert str(err.value).startswith(param)
 
 
-async def test_unknown_anchor_model_fails_before_any_sampling():
+async def test_unknown_anchor_model_fails_before_any_sampling(decode_request, run_strategy):
     eng = byte_engine()
     with pytest.raises(ParamError) as err:
-        await run(request(eng), anchor_model="gpt-9")
+        await run_strategy(
+            decode_request(eng, ask(eng), prompt_text=QUESTION, seed=7, max_tokens=16),
+            {"strategy": "synthesis", "anchor_model": "gpt-9"},
+        )
     assert err.value.param == "decoding.anchor_model" and "gpt-9" in str(err.value)
     assert eng.calls == 0
 
 
-async def test_answer_room_that_cannot_fit_fails_before_any_sampling():
+async def test_answer_room_that_cannot_fit_fails_before_any_sampling(decode_request, run_strategy):
     eng = byte_engine(max_context=200)
     with pytest.raises(ParamError) as err:
-        await run(request(eng, max_tokens=150), rollouts=2)  # the preset alone is ~600 bytes
+        await run_strategy(
+            decode_request(eng, ask(eng), prompt_text=QUESTION, seed=7, max_tokens=150),
+            {"strategy": "synthesis", "rollouts": 2},
+        )  # the preset alone is ~600 bytes
     assert err.value.param == "max_tokens"
     assert eng.calls == 0
 
@@ -255,8 +311,14 @@ def test_render_is_single_pass_and_leaves_other_braces():
 
 @pytest.mark.parametrize(
     ("lengths", "budget", "want"),
-    [([5, 5], 20, [5, 5]), ([10, 10, 10], 15, [5, 5, 5]), ([2, 10, 10], 12, [2, 5, 5]),
-     ([10, 10, 10], 16, [6, 5, 5]), ([3, 100], 50, [3, 47]), ([4, 4], 0, [0, 0])],
+    [
+        ([5, 5], 20, [5, 5]),
+        ([10, 10, 10], 15, [5, 5, 5]),
+        ([2, 10, 10], 12, [2, 5, 5]),
+        ([10, 10, 10], 16, [6, 5, 5]),
+        ([3, 100], 50, [3, 47]),
+        ([4, 4], 0, [0, 0]),
+    ],
 )
 def test_even_caps(lengths, budget, want):
     assert even_caps(lengths, budget) == want
@@ -278,7 +340,7 @@ def test_build_prompt_fits_exactly_when_cut():
 # ---------------------------------------------------------------- real model (HF engine)
 
 
-async def test_hf_anchor_prompt_ids_never_hold_the_question(hf_engine, second_model_dir):
+async def test_hf_anchor_prompt_ids_never_hold_the_question(hf_engine, second_model_dir, run_strategy):
     from temper.decoding.engines.hf import HFEngine
 
     anchor = HFEngine.from_pretrained(str(second_model_dir), name="anchor", device="cpu", dtype="float32")
@@ -291,9 +353,16 @@ async def test_hf_anchor_prompt_ids_never_hold_the_question(hf_engine, second_mo
 
     anchor.sample = spy
     prompt = hf_engine.tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}])
-    req = DecodeRequest(prompt=prompt, settings=SamplingSettings(seed=1, max_tokens=6), engine=hf_engine,
-                        engines={"policy": hf_engine, "anchor": anchor}, prompt_text=QUESTION)
-    res = await run(req, rollouts=3, anchor_model="anchor", return_rollouts=True)
+    req = DecodeRequest(
+        prompt=prompt,
+        settings=SamplingSettings(seed=1, max_tokens=6),
+        engine=hf_engine,
+        engines={"policy": hf_engine, "anchor": anchor},
+        prompt_text=QUESTION,
+    )
+    res = await run_strategy(
+        req, {"strategy": "synthesis", "rollouts": 3, "anchor_model": "anchor", "return_rollouts": True}
+    )
     q_ids = anchor.tokenizer.encode(QUESTION, add_special_tokens=False)
     assert len(seen) == 1 and not contains(seen[0].prefix, q_ids)
     assert res.metadata["anchor_prompt"] == anchor.tokenizer.decode(seen[0].prefix, skip_special_tokens=False)
@@ -301,11 +370,13 @@ async def test_hf_anchor_prompt_ids_never_hold_the_question(hf_engine, second_mo
     await anchor.close()
 
 
-async def test_baselines_see_the_same_rollouts_for_the_same_seed():
+async def test_baselines_see_the_same_rollouts_for_the_same_seed(decode_request):
     texts = {}
     for name in ("synthesis", "best_of_n", "self_consistency"):
         count = {"best_of_n": "candidates"}.get(name, "rollouts")
         strategy, params = parse_decoding({"strategy": name, count: 4, "return_rollouts": True})
-        res = await strategy.run(request(byte_engine()), params)
+        res = await strategy.run(
+            decode_request(byte_engine(), ask(byte_engine()), prompt_text=QUESTION, seed=7, max_tokens=16), params
+        )
         texts[name] = res.metadata["rollouts"]
     assert texts["synthesis"] == texts["best_of_n"] == texts["self_consistency"]

@@ -23,6 +23,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from temper.decoding.errors import ContextLengthError
+
 FinishReason = Literal["stop", "length", "abort"]
 
 
@@ -160,10 +162,6 @@ class Engine(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-class ContextLengthError(ValueError):
-    """A prefix plus its new tokens do not fit the model's context."""
 
 
 def check_fits(engine_max_context: int, spec: SampleSpec) -> None:

@@ -21,12 +21,12 @@ No engine calls here: a tokenizer in, token ids + text + truncation info out.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from temper.decoding.engine import ContextLengthError, Tokenizer
-from temper.decoding.strategies.base import ParamError
+from temper.decoding.engine import Tokenizer
+from temper.decoding.errors import ContextLengthError, ParamError
 
 REASONING = """Below are {count} independent attempts at the same problem.
 
@@ -71,13 +71,12 @@ def check_template(template: Any, param: str = "decoding.template") -> str:
     return template
 
 
-def resolve_template(template: str | None, options: Mapping[str, Any]) -> str:
-    """Per-request template, else the server's `synthesis_template` option, else the preset."""
+def resolve_template(template: str | None, server_template: str | None = None) -> str:
+    """Per-request template, else the server's (--synthesis-template), else the preset."""
     if template is not None:
         return check_template(template)
-    server = options.get("synthesis_template")
-    if server is not None:
-        return check_template(server, "synthesis_template")
+    if server_template is not None:
+        return check_template(server_template, "synthesis_template")
     return PRESETS[DEFAULT_PRESET]
 
 

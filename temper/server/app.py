@@ -1,15 +1,14 @@
 """create_app: the FastAPI application for a ServerConfig and its engines.
 
-App-wide state hangs off `app.state` (config, engines by name with the default first, metrics,
-the in-flight admission counter, per-model token-text caches); requests never write to it
-beyond counters. Tests inject engines; otherwise the config's models are loaded here, and the
-app then closes them on shutdown.
+App-wide state is one ServerState on `app.state.temper` (config, engines by name with the
+default first, strategy options, metrics, the runner, per-model token-text caches). Tests
+inject engines; otherwise the config's models are loaded here, and the app then closes them on
+shutdown.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 
@@ -19,22 +18,23 @@ from temper.decoding.engine import Engine
 from temper.server.auth import require_api_key
 from temper.server.config import ServerConfig
 from temper.server.errors import install_error_handlers
-from temper.server.metrics import HTTPMetricsMiddleware, Metrics
+from temper.server.metrics import HTTPMetricsMiddleware
 from temper.server.models import check_engines, load_engines
-from temper.server.routes_chat import router as chat_router
-from temper.server.routes_completions import router as completions_router
+from temper.server.routes_generation import router as generation_router
 from temper.server.routes_misc import open_router
 from temper.server.routes_misc import router as misc_router
-from temper.server.serving import Admission
-from temper.server.text import TokenText
+from temper.server.routes_scoring import router as scoring_router
+from temper.server.state import ServerState
 
 log = logging.getLogger(__name__)
 
 
 def create_app(config: ServerConfig | None = None, engines: Mapping[str, Engine] | None = None) -> FastAPI:
     config = config or ServerConfig()
+    options = config.strategy_options()  # validated before any model loads
     owns_engines = engines is None
     engines = check_engines(load_engines(config) if engines is None else engines)
+    state = ServerState(config, engines, options)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -47,17 +47,11 @@ def create_app(config: ServerConfig | None = None, engines: Mapping[str, Engine]
     # with a key, only /health is open: no unauthenticated schema pages either
     docs = {"docs_url": None, "redoc_url": None, "openapi_url": None} if config.api_key else {}
     app = FastAPI(title="temper", summary="OpenAI-compatible decoding server", lifespan=lifespan, **docs)
-    app.state.config = config
-    app.state.engines = engines
-    app.state.token_texts = {name: TokenText(e.tokenizer) for name, e in engines.items()}
-    app.state.metrics = Metrics()
-    app.state.admission = Admission(config.max_queue, config.retry_after)
-    app.state.strategy_options = config.strategy_options()
-    app.state.started = int(time.time())
+    app.state.temper = state
     install_error_handlers(app)
     app.include_router(open_router)
     auth = [Depends(require_api_key)]
-    for router in (completions_router, chat_router, misc_router):
+    for router in (generation_router, scoring_router, misc_router):
         app.include_router(router, dependencies=auth)
-    app.add_middleware(HTTPMetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(HTTPMetricsMiddleware, metrics=state.metrics)
     return app

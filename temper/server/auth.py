@@ -11,7 +11,7 @@ from temper.server.errors import unauthorized
 
 
 async def require_api_key(request: Request) -> None:
-    expected: str | None = request.app.state.config.api_key
+    expected: str | None = request.app.state.temper.config.api_key
     if expected is None:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")

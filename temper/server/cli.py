@@ -43,7 +43,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         config.strategy_options()  # validates --synthesis-template before any model loads
-    except ValueError as exc:
+    except ValueError as exc:  # ParamError included
         print(f"temper serve: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=config.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")

@@ -1,7 +1,8 @@
 """ServerConfig: every `temper serve` setting, in one dataclass.
 
 The CLI flags are generated from the fields (name, type, default, help in the field metadata),
-so a default lives in exactly one place. This module knows nothing about FastAPI or engines.
+so a default lives in exactly one place. This module knows nothing about FastAPI or engines;
+it builds the one typed object the strategies get (StrategyOptions).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import typing
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from temper.decoding.strategies.base import DEFAULT_MAX_SEQUENCES, StrategyOptions
 
 API_KEY_ENV = "TEMPER_API_KEY"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -67,7 +70,7 @@ class ServerConfig:
     max_sequences: int = _opt(
         "Most sequences one power-sampling request may keep in flight (n × particles, or n × "
         "proposals per MH step); larger requests get a 400.",
-        4096,
+        DEFAULT_MAX_SEQUENCES,
     )
     device: str = _opt("Device for the HF engines: auto, cpu, cuda, cuda:N.", "auto")
     dtype: str = _opt("Weights dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16.", "auto")
@@ -102,18 +105,15 @@ class ServerConfig:
             if not ok:
                 raise ValueError(message)
 
-    def strategy_options(self) -> dict[str, Any]:
-        """Server-wide options handed to every strategy (DecodeRequest.options)."""
-        options: dict[str, Any] = {"max_sequences": self.max_sequences}
-        if self.synthesis_template is not None:
-            path = Path(self.synthesis_template)
-            is_file = len(self.synthesis_template) < 4096 and path.is_file()
-            text = path.read_text() if is_file else self.synthesis_template
-            from temper.decoding.synthesis_prompt import check_template  # strategies import late
-
-            check_template(text, "synthesis_template")  # a ParamError (ValueError) naming the flag
-            options["synthesis_template"] = text
-        return options
+    def strategy_options(self) -> StrategyOptions:
+        """The strategies' server-wide options, validated (a ValueError naming the flag).
+        --synthesis-template is the template text or the path of a file holding it."""
+        template = self.synthesis_template
+        if template is not None:
+            path = Path(template)
+            if len(template) < 4096 and path.is_file():
+                template = path.read_text()
+        return StrategyOptions(max_sequences=self.max_sequences, synthesis_template=template)
 
 
 def _base_type(hint: Any) -> type:

@@ -15,8 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from temper.decoding.engine import ContextLengthError
-from temper.decoding.strategies.base import ParamError
+from temper.decoding.errors import ContextLengthError, EngineDeadError, ParamError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +30,7 @@ ERROR_TYPES = {
     429: "RateLimitError",
     CLIENT_GONE: "ClientClosedRequest",
     500: "InternalServerError",
+    503: "ServiceUnavailableError",
     504: "TimeoutError",
 }
 
@@ -107,6 +107,8 @@ def as_api_error(exc: BaseException) -> APIError:
         return bad_request(exc.message, exc.param)
     if isinstance(exc, ContextLengthError):
         return bad_request(str(exc), "prompt")
+    if isinstance(exc, EngineDeadError):
+        return APIError(503, f"The engine cannot serve: {exc}", headers={"x-should-retry": "false"})
     if isinstance(exc, RequestValidationError):
         return _from_validation(exc)
     return APIError(500, f"Internal server error: {type(exc).__name__}: {exc}")
@@ -145,6 +147,6 @@ def install_error_handlers(app: FastAPI) -> None:
         err = APIError(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
         return err.response()
 
-    for cls in (APIError, ParamError, ContextLengthError, RequestValidationError, Exception):
+    for cls in (APIError, ParamError, ContextLengthError, EngineDeadError, RequestValidationError, Exception):
         app.add_exception_handler(cls, handle)
     app.add_exception_handler(StarletteHTTPException, handle_http)

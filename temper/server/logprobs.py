@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from temper.decoding.engine import Engine
-from temper.decoding.strategies.base import Completion
+from temper.decoding.strategies.completion import Completion, completion_text
 from temper.server.text import TokenText, text_offsets
 
 FLOOR = -9999.0
@@ -62,21 +62,6 @@ class TokenLogprobs:
         return TokenLogprobs(self.tokens[part], self.logp[part], self.top[part])
 
 
-def needs_scoring(c: Completion, k: int) -> bool:
-    return bool(c.tokens) and (c.logp is None or (k > 0 and c.top_ids is None))
-
-
-async def fill_missing(engine: Engine, prompt: Sequence[int], completions: Sequence[Completion], k: int) -> None:
-    """Score the completions a strategy returned without log-probs (one engine call)."""
-    todo = [c for c in completions if needs_scoring(c, k)]
-    if not todo:
-        return
-    seqs = [list(prompt) + list(c.tokens) for c in todo]
-    scored = await engine.score(seqs, start=len(prompt), top_k=k)
-    for c, s in zip(todo, scored, strict=True):
-        c.logp, c.top_ids, c.top_logps = s.logp, s.top_ids, s.top_logps
-
-
 def kept(engine: Engine, c: Completion, text: str) -> int:
     """How many of a completion's tokens to report: all, unless the strategy cut its text at a
     stop string; then those whose text starts before the cut."""
@@ -86,21 +71,28 @@ def kept(engine: Engine, c: Completion, text: str) -> int:
     return sum(1 for o in offsets if o < len(text)) or min(1, len(c.tokens))
 
 
-async def choice_outputs(
-    engine: Engine, prompt: Sequence[int], completions: Sequence[Completion], k: int | None
+def choice_logprobs(
+    engine: Engine, completions: Sequence[Completion], k: int | None
 ) -> list[tuple[str, TokenLogprobs | None]]:
-    """Each completion's final text and, k given, the log-prob entries to report (scoring the
-    completions that came without them first)."""
-    if k is not None:
-        await fill_missing(engine, prompt, completions, k)
+    """Each completion's final text and, k given, the log-prob entries to report (the
+    completions carry their log-probs by now: see completion.fill_logprobs)."""
     out = []
     for c in completions:
-        text = c.text if c.text is not None else engine.tokenizer.decode(c.tokens)
+        text = completion_text(engine.tokenizer, c)
         lp = None
         if k is not None:
             lp = TokenLogprobs.of(c.tokens, c.logp, c.top_ids, c.top_logps, k)[: kept(engine, c, text)]
         out.append((text, lp))
     return out
+
+
+async def echo_logprobs(engine: Engine, prompt: Sequence[int], k: int) -> TokenLogprobs:
+    """The prompt's own log-probs (echo); the first token has none."""
+    head = TokenLogprobs([prompt[0]], [None], [None])
+    if len(prompt) < 2:
+        return head
+    (scored,) = await engine.score([list(prompt)], start=1, top_k=k)
+    return head + TokenLogprobs.of(prompt[1:], scored.logp, scored.top_ids, scored.top_logps, k)
 
 
 def legacy(tt: TokenText, lp: TokenLogprobs, start_offset: int = 0, offsets: Sequence[int] | None = None) -> dict:

@@ -1,117 +1,132 @@
-"""Prometheus metrics in the text exposition format (0.0.4), written by hand: counters and
-histograms the request paths update, plus gauges read from the engines at scrape time.
+"""Prometheus metrics through prometheus_client (what vLLM uses): counters and histograms the
+request paths update, plus gauges and counters read from the engines and the runner at scrape
+time by a collector.
 
-One `Metrics` object per app (on app.state); updates happen on the event loop only, so no
-locks. Not a general client library: just the families /metrics serves.
+One `Metrics` object per app, with its own registry (two apps in one process, as in tests,
+never share series); updates happen on the event loop only.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from temper.server.errors import as_api_error
+
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-# name -> (type, help)
-FAMILIES: dict[str, tuple[str, str]] = {
-    "temper_http_requests_total": ("counter", "HTTP requests by route and status code."),
-    "temper_requests_total": ("counter", "Generation and scoring requests by model, strategy and status code."),
-    "temper_tokens_total": ("counter", "Tokens by model, strategy and kind (prompt | completion)."),
-    "temper_request_seconds": ("histogram", "Request latency, arrival to last byte, by model and strategy."),
-    "temper_time_to_first_token_seconds": ("histogram", "Streaming: arrival to first text, by model and strategy."),
-    "temper_queue_depth": ("gauge", "Generation requests in flight (admitted, running or waiting)."),
-    "temper_queue_limit": ("gauge", "Most generation requests in flight before 429s (--max-queue)."),
-    "temper_engine_sequences": ("gauge", "Sequences waiting or running in the engine, by model."),
-    "temper_prefix_cache_hit_rate": ("gauge", "Share of prefix tokens served from the KV prefix cache, by model."),
-    "temper_engine_forward_passes_total": ("counter", "Model forward calls, by model."),
-    "temper_engine_forward_tokens_total": ("counter", "Tokens run through the model (prefill + decode), by model."),
-    "temper_engine_generated_tokens_total": ("counter", "Tokens sampled by the engine, by model."),
-}
-
-Labels = tuple[tuple[str, str], ...]
+KNOWN_ROUTES = (
+    "/v1/models",
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/v1/logprobs",
+    "/tokenize",
+    "/detokenize",
+    "/health",
+    "/metrics",
+)
 
 
-def _labels(labels: Mapping[str, Any]) -> Labels:
-    return tuple((k, str(v)) for k, v in labels.items())
+class EngineCollector(Collector):
+    """What the engines and the runner know, read at scrape time."""
 
+    def __init__(self, engines: Callable[[], Mapping[str, Any]], queue: Callable[[], tuple[int, int]]):
+        self.engines = engines
+        self.queue = queue
 
-def _fmt_labels(labels: Labels, extra: tuple[tuple[str, str], ...] = ()) -> str:
-    items = labels + extra
-    if not items:
-        return ""
-    esc = lambda v: v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return "{" + ",".join(f'{k}="{esc(v)}"' for k, v in items) + "}"
-
-
-def _fmt_value(v: float) -> str:
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(float(v)) if not float(v).is_integer() else str(int(v))
-
-
-@dataclass(slots=True)
-class _Histogram:
-    counts: list[int]
-    total: float = 0.0
-    n: int = 0
+    def collect(self) -> Iterator:
+        depth, limit = self.queue()
+        yield GaugeMetricFamily(
+            "temper_queue_depth", "Generation requests in flight (admitted, running or waiting).", value=depth
+        )
+        yield GaugeMetricFamily(
+            "temper_queue_limit", "Most generation requests in flight before 429s (--max-queue).", value=limit
+        )
+        seqs = GaugeMetricFamily(
+            "temper_engine_sequences", "Sequences waiting or running in the engine, by model.", labels=["model"]
+        )
+        hit = GaugeMetricFamily(
+            "temper_prefix_cache_hit_rate",
+            "Share of prefix tokens served from the KV prefix cache, by model.",
+            labels=["model"],
+        )
+        counters = {
+            "forward_passes": CounterMetricFamily(
+                "temper_engine_forward_passes", "Model forward calls, by model.", labels=["model"]
+            ),
+            "forward_tokens": CounterMetricFamily(
+                "temper_engine_forward_tokens",
+                "Tokens run through the model (prefill + decode), by model.",
+                labels=["model"],
+            ),
+            "generated_tokens": CounterMetricFamily(
+                "temper_engine_generated_tokens", "Tokens sampled by the engine, by model.", labels=["model"]
+            ),
+        }
+        for name, engine in self.engines().items():
+            stats = engine.stats
+            hit.add_metric([name], stats.prefix_hit_rate)
+            for attr, family in counters.items():
+                family.add_metric([name], getattr(stats, attr))
+            depth = getattr(engine, "queue_depth", None)
+            if depth is not None:
+                seqs.add_metric([name], depth)
+        yield seqs
+        yield hit
+        yield from counters.values()
 
 
 class Metrics:
     def __init__(self) -> None:
-        self._samples: dict[str, dict[Labels, float]] = {}
-        self._hists: dict[str, dict[Labels, _Histogram]] = {}
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.http = Counter(
+            "temper_http_requests", "HTTP requests by route and status code.", ["route", "status"], registry=r
+        )
+        self.requests = Counter(
+            "temper_requests",
+            "Generation and scoring requests by model, strategy and status code.",
+            ["model", "strategy", "status"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "temper_tokens",
+            "Tokens by model, strategy and kind (prompt | completion).",
+            ["model", "strategy", "kind"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "temper_request_seconds",
+            "Request latency, arrival to last byte, by model and strategy.",
+            ["model", "strategy"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "temper_time_to_first_token_seconds",
+            "Streaming: arrival to first text, by model and strategy.",
+            ["model", "strategy"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
 
-    def inc(self, name: str, labels: Mapping[str, Any], value: float = 1.0) -> None:
-        series = self._samples.setdefault(name, {})
-        key = _labels(labels)
-        series[key] = series.get(key, 0.0) + value
+    def watch(self, engines: Callable[[], Mapping[str, Any]], queue: Callable[[], tuple[int, int]]) -> None:
+        """Read the engines' counters and the queue at every scrape."""
+        self.registry.register(EngineCollector(engines, queue))
 
-    def observe(self, name: str, labels: Mapping[str, Any], value: float) -> None:
-        series = self._hists.setdefault(name, {})
-        h = series.setdefault(_labels(labels), _Histogram([0] * len(LATENCY_BUCKETS)))
-        for i, bound in enumerate(LATENCY_BUCKETS):
-            if value <= bound:
-                h.counts[i] += 1
-        h.total += value
-        h.n += 1
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
 
-    def value(self, name: str, labels: Mapping[str, Any]) -> float:
-        return self._samples.get(name, {}).get(_labels(labels), 0.0)
-
-    def render(self, engines: Mapping[str, Any], in_flight: int, limit: int) -> str:
-        gauges: dict[str, dict[Labels, float]] = {
-            "temper_queue_depth": {(): in_flight},
-            "temper_queue_limit": {(): limit},
-        }
-        for name, engine in engines.items():
-            key = (("model", name),)
-            stats = engine.stats
-            gauges.setdefault("temper_prefix_cache_hit_rate", {})[key] = stats.prefix_hit_rate
-            gauges.setdefault("temper_engine_forward_passes_total", {})[key] = stats.forward_passes
-            gauges.setdefault("temper_engine_forward_tokens_total", {})[key] = stats.forward_tokens
-            gauges.setdefault("temper_engine_generated_tokens_total", {})[key] = stats.generated_tokens
-            depth = getattr(engine, "queue_depth", None)
-            if depth is not None:
-                gauges.setdefault("temper_engine_sequences", {})[key] = depth
-        lines: list[str] = []
-        for name, (kind, help_text) in FAMILIES.items():
-            series = {**self._samples.get(name, {}), **gauges.get(name, {})}
-            hists = self._hists.get(name, {})
-            if not series and not hists:
-                continue
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-            for labels, v in sorted(series.items()):
-                lines.append(f"{name}{_fmt_labels(labels)} {_fmt_value(v)}")
-            for labels, h in sorted(hists.items(), key=lambda kv: kv[0]):
-                for bound, count in zip(LATENCY_BUCKETS, h.counts, strict=True):
-                    lines.append(f"{name}_bucket{_fmt_labels(labels, (('le', repr(bound)),))} {count}")
-                lines.append(f"{name}_bucket{_fmt_labels(labels, (('le', '+Inf'),))} {h.n}")
-                lines.append(f"{name}_sum{_fmt_labels(labels)} {_fmt_value(h.total)}")
-                lines.append(f"{name}_count{_fmt_labels(labels)} {h.n}")
-        return "\n".join(lines) + "\n"
+    def record(self) -> RequestRecord:
+        return RequestRecord(self)
 
 
 @dataclass(slots=True)
@@ -135,32 +150,27 @@ class RequestRecord:
     def first_token(self) -> None:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
-            labels = {"model": self.model, "strategy": self.strategy}
-            self.metrics.observe("temper_time_to_first_token_seconds", labels, self.first_token_at - self.started)
+            self.metrics.ttft.labels(self.model, self.strategy).observe(self.first_token_at - self.started)
 
     def finish(self, status: int) -> None:
         if self.done:
             return
         self.done = True
-        labels = {"model": self.model, "strategy": self.strategy}
         m = self.metrics
-        m.inc("temper_requests_total", {**labels, "status": status})
+        m.requests.labels(self.model, self.strategy, str(status)).inc()
         for kind, count in (("prompt", self.prompt_tokens), ("completion", self.completion_tokens)):
             if count:
-                m.inc("temper_tokens_total", {**labels, "kind": kind}, count)
-        m.observe("temper_request_seconds", labels, time.perf_counter() - self.started)
+                m.tokens.labels(self.model, self.strategy, kind).inc(count)
+        m.latency.labels(self.model, self.strategy).observe(time.perf_counter() - self.started)
 
-
-KNOWN_ROUTES = (
-    "/v1/models",
-    "/v1/completions",
-    "/v1/chat/completions",
-    "/v1/logprobs",
-    "/tokenize",
-    "/detokenize",
-    "/health",
-    "/metrics",
-)
+    @contextmanager
+    def failures(self) -> Iterator[RequestRecord]:
+        """Count a request that fails with the status its error will get."""
+        try:
+            yield self
+        except Exception as exc:
+            self.finish(as_api_error(exc).status)
+            raise
 
 
 class HTTPMetricsMiddleware:
@@ -185,4 +195,4 @@ class HTTPMetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            self.metrics.inc("temper_http_requests_total", {"route": route, "status": status["code"]})
+            self.metrics.http.labels(route, str(status["code"])).inc()

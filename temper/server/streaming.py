@@ -1,23 +1,23 @@
-"""Server-sent events for stream=true: real token streaming where tokens are final when sampled,
-honest heartbeats where they are not.
+"""The stream writer: the runner's events for a stream=true request → server-sent events.
 
-- Strategies with `streams_tokens` (sample) get an `on_token` sink: each token becomes a chunk
-  as the engine draws it (text only once it decodes cleanly; stop strings held back), with the
-  log-probs of the tokens whose text it sends (StreamedChoice), as vLLM does.
+Real token streaming where tokens are final when sampled, honest heartbeats where they are not:
+- Strategies with `streams_tokens` (sample) stream: each token becomes a chunk as the engine
+  draws it (text only once it decodes cleanly; stop strings held back), with the log-probs of
+  the tokens whose text it sends (StreamedChoice), as vLLM does.
 - Other strategies (power, synthesis...) run to the end while `: heartbeat` SSE comments keep the
   connection alive, then their final text goes out in per-token chunks.
 - Then the finish chunk per choice, the usage chunk when asked, and `data: [DONE]`.
+- A failure after the headers went out travels as an error event, as vLLM sends it.
 
-A client that disconnects cancels the generator (Starlette), which cancels the strategy tasks,
-which abort their engine sequences. Chunk shapes belong to the routes (a ChunkWriter).
+A client that disconnects cancels the generator (Starlette), which closes the runner's event
+stream, which cancels the strategy tasks, which abort their engine sequences. The chunk shapes
+of both routes are here (ChunkWriter and its two subclasses); the JSON bodies are responses.py's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
@@ -25,12 +25,24 @@ import numpy as np
 from starlette.responses import StreamingResponse
 
 from temper.decoding.engine import TokenDraw, Tokenizer
-from temper.decoding.strategies.base import Completion
-from temper.server.errors import CLIENT_GONE, request_timeout
-from temper.server.logprobs import TokenLogprobs, choice_outputs
+from temper.decoding.strategies.completion import Completion
+from temper.server.errors import CLIENT_GONE
+from temper.server.logprobs import TokenLogprobs, legacy
 from temper.server.metrics import RequestRecord
-from temper.server.serving import Job, decoding_field, start, stop, strategy_error, usage, with_metadata
-from temper.server.text import ChoiceText, IncrementalDetokenizer, TokenText
+from temper.server.prompts import Generation
+from temper.server.responses import chat_logprobs, decoding_field, response_id, with_metadata
+from temper.server.runner import (
+    DoneEvent,
+    EchoEvent,
+    Heartbeat,
+    Runner,
+    RunOutput,
+    Slot,
+    TokenEvent,
+    strategy_error,
+    usage,
+)
+from temper.server.text import ChoiceText, IncrementalDetokenizer, OffsetCounter, TokenText
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +81,71 @@ class ChunkWriter:
 
     def usage(self, usage: dict, decoding: dict) -> dict:
         return {**self.base, "choices": [], "usage": usage, "decoding": decoding}
+
+
+class CompletionChunks(ChunkWriter):
+    """Chunk shapes of a streamed text_completion."""
+
+    def __init__(self, rid: str, created: int, model: str, tt: TokenText, include_usage: bool):
+        base = {"id": rid, "object": "text_completion", "created": created, "model": model}
+        super().__init__(base, tt, include_usage)
+        # text_offset per choice counted over every entry it sent (echo, deltas, final) in one
+        # pass, so the chunks' offsets are exactly the non-streamed response's
+        self.offsets: dict[int, OffsetCounter] = {}
+
+    def _choice(self, index: int, text: str, lp: TokenLogprobs | None, reason: str | None) -> dict:
+        logprobs = None
+        if lp is not None:
+            counter = self.offsets.setdefault(index, OffsetCounter(self.tt.tokenizer))
+            logprobs = legacy(self.tt, lp, offsets=counter.take(lp.tokens))
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
+
+    def delta(self, index, text, lp):
+        return [self.chunk(self._choice(index, text, lp, None))]
+
+    def final(self, index, text, lp, c: Completion, decoding):
+        return [self.final_chunk(self._choice(index, text, lp, c.finish_reason), c, decoding)]
+
+
+class ChatChunks(ChunkWriter):
+    """Chunk shapes of a streamed chat.completion: a role delta first for every choice."""
+
+    def __init__(self, rid: str, created: int, model: str, tt: TokenText, include_usage: bool):
+        base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
+        super().__init__({**base, "system_fingerprint": None}, tt, include_usage)
+        self.seen: set[int] = set()
+
+    def _opening(self, index: int) -> list[dict]:
+        if index in self.seen:
+            return []
+        self.seen.add(index)
+        delta = {"role": "assistant", "content": ""}
+        return [self.chunk({"index": index, "delta": delta, "logprobs": None, "finish_reason": None})]
+
+    def delta(self, index, text, lp):
+        choice = {
+            "index": index,
+            "delta": {"content": text},
+            "logprobs": chat_logprobs(self.tt, lp),
+            "finish_reason": None,
+        }
+        return self._opening(index) + [self.chunk(choice)]
+
+    def final(self, index, text, lp, c: Completion, decoding):
+        delta = {"content": text} if text else {}
+        choice = {
+            "index": index,
+            "delta": delta,
+            "logprobs": chat_logprobs(self.tt, lp),
+            "finish_reason": c.finish_reason,
+        }
+        return self._opening(index) + [self.final_chunk(choice, c, decoding)]
+
+
+def chunk_writer(gen: Generation, tt: TokenText) -> ChunkWriter:
+    rid, created = response_id(gen)
+    cls = ChatChunks if gen.kind == "chat" else CompletionChunks
+    return cls(rid, created, gen.model, tt, gen.include_usage)
 
 
 class SSEResponse(StreamingResponse):
@@ -150,95 +227,83 @@ class StreamedChoice:
         return self.text.finish(final_text), (lp[self.sent :] if lp is not None else None)
 
 
-async def stream_jobs(
-    jobs: Sequence[Job],
-    writer: ChunkWriter,
-    *,
-    record: RequestRecord,
-    heartbeat: float,
-    timeout: float | None,
-    logprobs_k: int | None,
-    preamble: Sequence[dict] = (),
-) -> AsyncIterator[str]:
-    loop = asyncio.get_running_loop()
-    engine = jobs[0].req.engine
-    tokenizer = engine.tokenizer
-    events: deque[tuple[str, int, TokenDraw | None]] = deque()
-    ready = asyncio.Event()
+class StreamWriter:
+    """One streamed response: turns the runner's events into SSE text."""
 
-    def push(kind: str, a: int, b: TokenDraw | None = None) -> None:
-        events.append((kind, a, b))
-        ready.set()
+    def __init__(self, gen: Generation, tt: TokenText, record: RequestRecord):
+        self.gen = gen
+        self.tt = tt
+        self.record = record
+        self.writer = chunk_writer(gen, tt)
+        self.streams: dict[int, StreamedChoice] = {}  # choices streamed token by token
+        self.overflow = len(gen.runs) * gen.stride  # numbering for surplus choices
+        self.outputs: list[RunOutput] = []
 
-    owner: dict[int, Job] = {}  # streamed choice index -> its job
-    for job in jobs:
-        if job.strategy.streams_tokens:
-            base = job.prompt_index * job.stride
-            owner.update({base + i: job for i in range(job.stride)})
-            # engines call this on the event loop; True = keep sampling (cancellation stops us)
-            job.req.on_token = lambda i, draw, base=base: push("tok", base + i, draw) or True
-    tasks = start(jobs)
-    for j, t in enumerate(tasks):
-        t.add_done_callback(lambda _t, j=j: push("done", j))
-    deadline = loop.time() + timeout if timeout else None
-    streams: dict[int, StreamedChoice] = {}
-    results: list = [None] * len(jobs)
-    overflow = len(jobs) * max(j.stride for j in jobs)  # numbering for surplus choices
+    def token(self, ev: TokenEvent) -> list[dict]:
+        if ev.choice not in self.streams:
+            stops = self.gen.runs[0].req.settings.stop
+            self.streams[ev.choice] = StreamedChoice(self.tt.tokenizer, stops, self.gen.logprobs)
+        piece, piece_lp = self.streams[ev.choice].push(ev.draw)
+        if not piece:
+            return []
+        self.record.first_token()
+        return self.writer.delta(ev.choice, piece, piece_lp)
+
+    def echo(self, ev: EchoEvent) -> list[dict]:
+        text, lp = ev.part
+        base = ev.run.index * self.gen.stride
+        return [c for i in range(self.gen.stride) for c in self.writer.delta(base + i, text, lp)]
+
+    def done(self, out: RunOutput) -> list[dict]:
+        """The rest of a finished run's choices: what streaming did not send, or all of it."""
+        self.outputs.append(out)
+        meta = {"strategy": self.gen.strategy.name, **out.result.metadata}
+        chunks: list[dict] = []
+        for i, (c, (final_text, lp)) in enumerate(zip(out.result.completions, out.choices, strict=True)):
+            if i < self.gen.stride:
+                index = out.run.index * self.gen.stride + i
+            else:
+                index, self.overflow = self.overflow, self.overflow + 1
+            if index in self.streams:  # streamed token by token: send what is left
+                rest, tail = self.streams[index].finish(final_text, lp)
+                chunks += self.writer.final(index, rest, tail, c, meta)
+                continue
+            for piece, piece_lp in replay(self.tt.tokenizer, c, final_text, lp):
+                self.record.first_token()
+                chunks += self.writer.delta(index, piece, piece_lp)
+            chunks += self.writer.final(index, "", None, c, meta)
+        return chunks
+
+    def end(self) -> list[dict]:
+        """After every run: the usage chunk when asked for (the usage also goes to the metrics)."""
+        totals = usage(self.outputs)
+        self.record.count(totals)
+        if not self.writer.include_usage:
+            return []
+        ordered = sorted(self.outputs, key=lambda o: o.run.index)
+        return [self.writer.usage(totals, decoding_field(self.gen, ordered))]
+
+
+async def write_stream(runner: Runner, gen: Generation, tt: TokenText, record: RequestRecord) -> AsyncIterator[str]:
+    """The SSE text of one streamed request, from the runner's events."""
+    out = StreamWriter(gen, tt, record)
     status = CLIENT_GONE
     try:
-        for chunk in preamble:
+        async for ev in runner.events(gen):
+            if isinstance(ev, Heartbeat):
+                yield HEARTBEAT
+                continue
+            if isinstance(ev, TokenEvent):
+                chunks = out.token(ev)
+            elif isinstance(ev, EchoEvent):
+                chunks = out.echo(ev)
+            else:
+                assert isinstance(ev, DoneEvent)
+                chunks = out.done(ev.output)
+            for chunk in chunks:
+                yield sse(chunk)
+        for chunk in out.end():
             yield sse(chunk)
-        pending = len(jobs)
-        while pending:
-            if not events:
-                ready.clear()
-                wait = heartbeat if deadline is None else min(heartbeat, deadline - loop.time())
-                try:
-                    if wait <= 0:
-                        raise TimeoutError
-                    await asyncio.wait_for(ready.wait(), wait)
-                except TimeoutError:
-                    if deadline is not None and loop.time() >= deadline:
-                        raise request_timeout(timeout) from None
-                    yield HEARTBEAT
-                continue
-            kind, a, b = events.popleft()
-            if kind == "tok":
-                if a not in streams:
-                    # the strategy's settings as it runs them (its params may set other stops)
-                    job = owner.get(a, jobs[0])
-                    streams[a] = StreamedChoice(tokenizer, job.req.settings.stop, logprobs_k)
-                piece, piece_lp = streams[a].push(b)
-                if piece:
-                    record.first_token()
-                    for chunk in writer.delta(a, piece, piece_lp):
-                        yield sse(chunk)
-                continue
-            pending -= 1
-            job = jobs[a]
-            result = results[a] = tasks[a].result()  # a failed strategy raises here
-            meta = {"strategy": job.strategy.name, **result.metadata}
-            outputs = await choice_outputs(engine, job.req.prompt, result.completions, logprobs_k)
-            for i, (c, (final_text, lp)) in enumerate(zip(result.completions, outputs, strict=True)):
-                if i < job.stride:
-                    index = job.prompt_index * job.stride + i
-                else:
-                    index, overflow = overflow, overflow + 1
-                if index in streams:  # streamed token by token: send what is left
-                    rest, tail = streams[index].finish(final_text, lp)
-                    chunks = writer.final(index, rest, tail, c, meta)
-                else:
-                    chunks = []
-                    for piece, piece_lp in replay(tokenizer, c, final_text, lp):
-                        record.first_token()
-                        chunks += writer.delta(index, piece, piece_lp)
-                    chunks += writer.final(index, "", None, c, meta)
-                for chunk in chunks:
-                    yield sse(chunk)
-        totals = usage(jobs, results)
-        record.count(totals)
-        if writer.include_usage:
-            yield sse(writer.usage(totals, decoding_field(jobs, results)))
         status = 200
         yield DONE
     except Exception as exc:
@@ -250,5 +315,14 @@ async def stream_jobs(
         yield sse(err.body())
         yield DONE
     finally:
-        stop(tasks)
         record.finish(status)
+
+
+def stream_response(runner: Runner, slot: Slot, gen: Generation, tt: TokenText, record: RequestRecord) -> SSEResponse:
+    """The SSE response; it holds the request's slot until the stream ends, however it ends."""
+
+    def close() -> None:
+        slot.release()
+        record.finish(CLIENT_GONE)  # a no-op when the stream already recorded its end
+
+    return SSEResponse(write_stream(runner, gen, tt, record), on_close=close)

@@ -5,9 +5,8 @@ them —
   * `triton` / `tl` imported if possible (None otherwise), so `import temper.triton_kernels`
     never needs Triton and the torch twins are always available;
   * `jit`: `triton.jit`, or the identity without Triton (then nothing launches the kernels);
-  * `use_triton(*tensors)`: the dispatch rule (CUDA tensors, Triton importable, interpreter off);
-  * `compile_for`: compile (never launch) a kernel for an NVIDIA architecture, GPU or not, and
-    `run_without_interpreter` to do that from a process that interprets (the tests).
+  * `use_triton(*tensors)`: the dispatch rule (CUDA tensors, Triton importable, interpreter off).
+(Compiling a kernel ahead of time for a GPU architecture is a test tool: tests/kernel_helpers.py.)
 
 What this is not: a kernel library, an autotuner, or a switch between compiled and interpreted
 kernels. Triton's own rule applies: `triton.jit` builds an interpreted kernel iff
@@ -18,10 +17,6 @@ anything imports Triton (tests/conftest.py turns the interpreter on when there i
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from collections.abc import Callable
-from typing import Any
 
 import torch
 
@@ -37,8 +32,7 @@ except Exception:  # ImportError, or a broken install raising at import time
 
 jit = triton.jit if HAVE_TRITON else (lambda fn: fn)
 
-__all__ = ["HAVE_TRITON", "compile_for", "interpreting", "jit", "next_pow2", "require_launchable",
-           "run_without_interpreter", "tl", "triton", "use_triton"]
+__all__ = ["HAVE_TRITON", "interpreting", "jit", "next_pow2", "require_launchable", "tl", "triton", "use_triton"]
 
 
 def interpreting() -> bool:
@@ -67,31 +61,3 @@ def require_launchable(t: torch.Tensor, name: str) -> None:
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
-
-
-def compile_for(kernel: Any, signature: dict[str, str], constexprs: dict[str, Any], arch: int = 90,
-                **options: Any) -> Any:
-    """Compile (never launch) a `@jit` kernel for an NVIDIA architecture with Triton's bundled
-    ptxas, GPU or not: lets CPU-only CI catch what the interpreter cannot (loop-carried types,
-    unsupported ops, register spills). Needs the interpreter off (run it in a process without
-    TRITON_INTERPRET). signature: runtime argument → Triton type ("*fp32", "i32", ...)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    if interpreting():
-        raise RuntimeError("compile_for: TRITON_INTERPRET=1 builds interpreted kernels; unset it")
-    options.setdefault("enable_fp_fusion", False)  # as the launches do
-    sig = dict(signature) | {name: "constexpr" for name in constexprs}
-    src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
-
-
-def run_without_interpreter(fn: Callable[..., Any], *args: Any) -> None:
-    """Call the module-level function `fn(*args)` in a fresh Python without TRITON_INTERPRET,
-    where `triton.jit` builds compilable kernels (what `compile_for` needs); raise with its
-    stderr if it fails. fn's module is re-run from its file, so a test module's helper works."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = f"import runpy; runpy.run_path({fn.__code__.co_filename!r})[{fn.__name__!r}](*{args!r})"
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode:
-        raise RuntimeError(f"{fn.__name__}{args!r} failed without the interpreter:\n{proc.stderr[-5000:]}")

@@ -36,8 +36,9 @@ from temper.decoding.engine import (
     check_fits,
     score_starts,
 )
-from temper.decoding.engines.hf_batch import DecodeBatch, Job, Seq, prefill, prefill_groups
+from temper.decoding.engines.hf_batch import DecodeBatch, prefill, prefill_groups
 from temper.decoding.engines.hf_sampling import sample_rows, score_chunk
+from temper.decoding.engines.hf_seq import SampleCall, Seq, SeqStatus
 from temper.decoding.engines.hf_tokenizer import HFTokenizer
 from temper.decoding.engines.prefix_cache import PrefixCache
 
@@ -91,7 +92,7 @@ class HFEngine:
         self.prefix_cache = PrefixCache(prefix_cache_tokens, seq_dim=3)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"hf-{name}")
         self._waiting: collections.deque[Seq] = collections.deque()
-        self._jobs: set[Job] = set()  # unresolved calls, so a failed step can fail them all
+        self._calls: set[SampleCall] = set()  # unresolved calls, so a failed step can fail them all
         self._batch: DecodeBatch | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
@@ -137,29 +138,28 @@ class HFEngine:
         if not specs:
             return []
         self._ensure_worker()
-        job = Job(asyncio.get_running_loop().create_future(), on_token)
+        call = SampleCall(asyncio.get_running_loop().create_future(), on_token)
         for i, spec in enumerate(specs):
             seq = Seq(
                 spec=spec,
-                job=job,
+                call=call,
                 index=i,
                 seed=spec.seed if spec.seed is not None else secrets.randbits(63),
                 limit=min(spec.max_new_tokens, self.max_context - len(spec.prefix)),
                 stops=frozenset(self.eos_ids if spec.stop_ids is None else spec.stop_ids),
             )
-            job.seqs.append(seq)
+            call.seqs.append(seq)
             self._waiting.append(seq)
-        job.remaining = len(job.seqs)
-        self._jobs.add(job)
+        self._calls.add(call)
         self._wake.set()
         try:
-            return await job.future
+            return await call.future
         except asyncio.CancelledError:
-            job.cancelled = True  # the scheduler drops its sequences before the next step
+            call.cancelled = True  # the scheduler drops its sequences before the next step
             self._wake.set()
             raise
         finally:
-            self._jobs.discard(job)
+            self._calls.discard(call)
 
     async def score(
         self, sequences: Sequence[Sequence[int]], start: int | Sequence[int] = 1, top_k: int = 0
@@ -182,7 +182,7 @@ class HFEngine:
         # a new event loop (e.g. successive asyncio.run calls): state of the old one is dead
         self._waiting.clear()
         self._batch = None
-        self._jobs.clear()
+        self._calls.clear()
         self._loop, self._wake = loop, asyncio.Event()
         self._task = loop.create_task(self._run(), name=f"hf-engine-{self.name}")
 
@@ -205,20 +205,18 @@ class HFEngine:
             self._deliver(events)
 
     def _drop_cancelled(self) -> None:
-        if any(s.job.cancelled for s in self._waiting):
-            self._waiting = collections.deque(s for s in self._waiting if not s.job.cancelled)
+        if any(s.call.cancelled for s in self._waiting):
+            self._waiting = collections.deque(s for s in self._waiting if not s.call.cancelled)
         if self._batch is not None:
             for s in self._batch.rows:
-                if s.job.cancelled and not s.done:
-                    s.finish("abort")
-                    s.uncacheable = True
+                if s.call.cancelled:
+                    s.finish("abort")  # an aborted row's KV is not cached (see _retire)
 
     def _fail_all(self, exc: Exception) -> None:
         self._waiting.clear()
         self._batch = None
-        for job in self._jobs:
-            if not job.future.done():
-                job.future.set_exception(exc)
+        for call in self._calls:
+            call.fail(exc)
 
     def _deliver(self, events: list[tuple[Seq, int]]) -> None:
         """Run token callbacks (event-loop side) and resolve finished calls. A step can append
@@ -228,12 +226,12 @@ class HFEngine:
         seen: dict[int, int] = {}  # id(seq) -> its token count at the event being delivered
         cut: set[int] = set()
         for seq, tok in events:
-            job = seq.job
+            call = seq.call
             key = id(seq)
             if key in cut:
                 continue
             seen[key] = seen.get(key, len(seq.tokens) - per_seq[key]) + 1
-            if job.on_token is not None and not job.cancelled:
+            if call.on_token is not None and not call.cancelled:
                 n = seen[key]  # this token is seq.tokens[n - 1]
                 draw = TokenDraw(
                     tok,
@@ -242,24 +240,17 @@ class HFEngine:
                     seq.top_lps[n - 1] if seq.top_lps else None,
                 )
                 try:
-                    go_on = job.on_token(seq.index, draw)
+                    go_on = call.on_token(seq.index, draw)
                 except Exception as exc:
-                    job.cancelled = True
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+                    call.fail(exc)
                     continue
                 if not go_on:
                     cut.add(key)
                     seq.truncate(seen[key])
-                    if not seq.done:
-                        seq.finish("stop")
+                    seq.finish("stop")
         for seq, _ in events:
-            job = seq.job
-            if seq.done and not seq.reported:
-                seq.reported = True
-                job.remaining -= 1
-                if job.remaining == 0 and not job.future.done():
-                    job.future.set_result([s.result() for s in job.seqs])
+            if seq.done and not seq.call.cancelled:
+                seq.call.report(seq)
 
     # ---------------------------------------------------------------- worker thread
 
@@ -274,7 +265,7 @@ class HFEngine:
         admitted: list[Seq] = []
         while self._waiting and room > 0:
             seq = self._waiting.popleft()
-            if seq.job.cancelled:
+            if seq.call.cancelled:
                 continue
             admitted.append(seq)
             room -= 1
@@ -291,8 +282,8 @@ class HFEngine:
             events += self._sample_rows(batch.rows, logits, only_live=True)
             self._retire_finished(batch)  # now, so the next call can already reuse their KV
         for s, _ in events:
-            if s.done and not s.retired and s.kv is not None:  # finished at its first token
-                s.retired = True
+            if s.status is SeqStatus.FINISHED and s.kv is not None:  # finished at its first token
+                s.status = SeqStatus.RETIRED
                 s.kv = None
         return events
 
@@ -314,7 +305,7 @@ class HFEngine:
                 self.stats.prefix_query_tokens += len(prefix)
                 self.stats.prefix_hit_tokens += cached
                 for s in by_prefix[prefix]:
-                    s.kv, s.kv_len = kv, len(prefix)
+                    s.kv, s.kv_len, s.status = kv, len(prefix), SeqStatus.RUNNING
                     s.cached_prefix, s.computed_prefix = cached, len(prefix) - cached
                     rows.append(s)
                     logits.append(last_logits)
@@ -327,13 +318,13 @@ class HFEngine:
 
     def _retire_finished(self, batch: DecodeBatch | None) -> None:
         for row in batch.rows if batch is not None else ():
-            if row.done and not row.retired:
+            if row.status is SeqStatus.FINISHED:
                 self._retire(row, batch)
 
     def _retire(self, row: Seq, batch: DecodeBatch) -> None:
         """A finished row: keep its KV (prefix + all but the last token) in the prefix cache."""
-        row.retired = True
-        if row.uncacheable or not self.prefix_cache.enabled:
+        row.status = SeqStatus.RETIRED
+        if row.reason == "abort" or not self.prefix_cache.enabled:
             return
         kv = batch.row_kv(row)  # may hold a token past a callback's cut: trim to the tokens kept
         n = min(kv.shape[3], len(row.spec.prefix) + len(row.tokens))

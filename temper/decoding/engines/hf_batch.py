@@ -1,4 +1,4 @@
-"""The HF engine's per-sequence state and its batched KV cache (dense, left-padded).
+"""The HF engine's batched KV cache (dense, left-padded) and prefill.
 
 A DecodeBatch holds every running sequence's KV right-aligned in one transformers
 DynamicCache: [B, kv_heads, Lb, head_dim] per layer, with an attention mask for the left
@@ -10,90 +10,10 @@ KV blocks handed to the prefix cache are [layers, 2, kv_heads, tokens, head_dim]
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass, field
-
-import numpy as np
 import torch
 
-from temper.decoding.engine import Sample, SampleSpec
+from temper.decoding.engines.hf_seq import Seq
 from temper.decoding.engines.prefix_cache import PrefixCache
-
-
-@dataclass(eq=False)
-class Job:
-    """One `sample` call: its future, callback and sequences."""
-
-    future: asyncio.Future
-    on_token: object = None
-    seqs: list[Seq] = field(default_factory=list)
-    remaining: int = 0
-    cancelled: bool = False
-
-
-@dataclass(eq=False)
-class Seq:
-    """One spec in flight."""
-
-    spec: SampleSpec
-    job: Job
-    index: int  # position of the spec in its call
-    seed: int
-    limit: int  # new-token budget after clamping to the context
-    stops: frozenset[int]
-    tokens: list[int] = field(default_factory=list)
-    logp: list[float] = field(default_factory=list)
-    logq: list[float] = field(default_factory=list)
-    log_w: list[float] = field(default_factory=list)
-    top_ids: list[np.ndarray] = field(default_factory=list)
-    top_lps: list[np.ndarray] = field(default_factory=list)
-    kv: torch.Tensor | None = None  # prefix KV between prefill and joining a batch
-    kv_len: int = 0  # tokens whose KV exists (prefix + forwarded tokens)
-    done: bool = False
-    reason: str = "length"
-    retired: bool = False  # finished and its KV handed to the prefix cache (or dropped)
-    reported: bool = False  # counted as finished towards its job
-    uncacheable: bool = False  # aborted: do not cache its KV
-    cached_prefix: int = 0
-    computed_prefix: int = 0
-    forward_passes: int = 0
-
-    @property
-    def position(self) -> int:
-        """Absolute index of the next token to sample (the RNG offset)."""
-        return len(self.spec.prefix) + len(self.tokens)
-
-    def append(self, tok: int, lp: float, lq: float, lw: float) -> None:
-        self.tokens.append(tok)
-        self.logp.append(lp)
-        self.logq.append(lq)
-        self.log_w.append(lw)
-        self.forward_passes += 1
-
-    def truncate(self, n: int) -> None:
-        """Keep the first n new tokens (a callback stopped the row there)."""
-        for lst in (self.tokens, self.logp, self.logq, self.log_w, self.top_ids, self.top_lps):
-            del lst[n:]
-
-    def finish(self, reason: str) -> None:
-        self.done, self.reason = True, reason
-
-    def result(self) -> Sample:
-        f32 = lambda x: np.asarray(x, dtype=np.float32)
-        s = Sample(
-            tokens=list(self.tokens),
-            logp=f32(self.logp),
-            logq=f32(self.logq),
-            log_w=f32(self.log_w),
-            finish_reason=self.reason,
-            computed_prefix_tokens=self.computed_prefix,
-            cached_prefix_tokens=self.cached_prefix,
-            forward_passes=self.forward_passes,
-        )
-        if self.spec.top_logprobs:
-            s.top_ids = np.stack(self.top_ids).astype(np.int64)
-            s.top_logps = np.stack(self.top_lps).astype(np.float32)
-        return s
 
 
 def cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from temper.decoding.engine import Scored
-from temper.decoding.engines.hf_batch import Seq
+from temper.decoding.engines.hf_seq import Seq
 from temper.triton_kernels.tempered_sample import tempered_sample
 
 

@@ -1,113 +1,61 @@
 """What a decoding strategy is: a name, a pydantic `Params` model, and an async `run`.
 
-A strategy sees one request (prompt token ids, the request's sampling settings, the engines)
-and returns n completions plus metadata. It speaks only the Engine protocol: no tensors, no
-caches. Per-request state lives in the request and in `run`'s locals, never on the class.
+A strategy sees one request (prompt token ids, the request's sampling settings, the engines,
+the server's strategy options) and returns n completions plus metadata. It speaks only the
+Engine protocol: no tensors, no caches. Per-request state lives in `run`'s locals, never on the
+class and never written back to the request.
 
-This module also holds the request/result types and the parameter-error type the server maps
-to HTTP 400. The registry lives in `registry.py`.
+Also here: the request type (DecodeRequest), the server-wide options every strategy may read
+(StrategyOptions, typed and validated once) and the seed helpers. The result types live in
+`completion.py`, the sampling settings in `settings.py`, the registry in `registry.py`.
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ValidationError
 
-from temper.decoding.engine import Engine, TokenDraw
+from temper.decoding.engine import Engine, TokenCallback
+from temper.decoding.errors import ParamError, param_error_from
+from temper.decoding.strategies.completion import StrategyResult
+from temper.decoding.strategies.settings import SamplingSettings
+from temper.decoding.synthesis_prompt import check_template
 
-MAX_N = 128
-MAX_TOP_LOGPROBS = 20
-
-
-class ParamError(ValueError):
-    """A bad request field. `param` names it (dotted, e.g. "decoding.alpha")."""
-
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.param = param
+DEFAULT_MAX_SEQUENCES = 4096
+SEED_MASK = 2**63 - 1
 
 
-def param_error_from(exc: ValidationError, prefix: str = "") -> ParamError:
-    """The first pydantic error as a ParamError naming its field."""
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
-    param = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or None)
-    msg = err.get("msg", "invalid value")
-    return ParamError(f"{param}: {msg}" if param else msg, param)
+@dataclass(frozen=True, slots=True)
+class StrategyOptions:
+    """Server-wide strategy options, validated once when the server starts."""
+
+    # Most sequences one request may keep in flight (n × particles, n × proposals...).
+    max_sequences: int = DEFAULT_MAX_SEQUENCES
+    # The synthesis anchor's prompt template (text or preset name); None = the strategy's own.
+    synthesis_template: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_sequences < 1:
+            raise ParamError(f"max_sequences: must be >= 1, got {self.max_sequences}", "max_sequences")
+        if self.synthesis_template is not None:
+            check_template(self.synthesis_template, "synthesis_template")
 
 
-class SamplingSettings(BaseModel):
-    """The request's own sampling fields (OpenAI names, vLLM defaults), validated once."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_tokens: int | None = Field(default=None, ge=1)  # None = up to the context
-    temperature: float = Field(default=1.0, ge=0.0, le=100.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=-1)  # 0 or -1 = off (vLLM uses -1)
-    n: int = Field(default=1, ge=1, le=MAX_N)
-    seed: int | None = None
-    stop: list[str] = Field(default_factory=list)
-    stop_token_ids: list[int] = Field(default_factory=list)
-    logprobs: bool = False  # return the chosen tokens' raw log-probs
-    top_logprobs: int = Field(default=0, ge=0, le=MAX_TOP_LOGPROBS)
-
-    @field_validator("temperature", "top_p")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be finite")
-        return v
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, v: list[str]) -> list[str]:
-        if len(v) > 16:
-            raise ValueError("at most 16 stop sequences")
-        if any(s == "" for s in v):
-            raise ValueError("stop sequences must be non-empty")
-        return v
-
-    @property
-    def alpha(self) -> float:
-        """Proposal exponent for these settings: temperature 0 is greedy (α = inf)."""
-        return math.inf if self.temperature == 0 else 1.0 / self.temperature
-
-    @property
-    def top_k_or_off(self) -> int:
-        return max(self.top_k, 0)
-
-    def updated(self, overrides: BaseModel | Mapping[str, Any]) -> SamplingSettings:
-        """These settings with every field the overrides set explicitly replaced."""
-        if isinstance(overrides, BaseModel):
-            data = {k: getattr(overrides, k) for k in overrides.model_fields_set}
-        else:
-            data = dict(overrides)
-        data = {k: v for k, v in data.items() if k in type(self).model_fields}
-        return SamplingSettings.model_validate({**self.model_dump(), **data})
-
-
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class DecodeRequest:
-    """Everything a strategy may use for one request."""
+    """Everything a strategy may use for one request (never modified once built)."""
 
     prompt: list[int]
     settings: SamplingSettings
     engine: Engine
     engines: Mapping[str, Engine] = field(default_factory=dict)  # every served model by name
-    # Streaming sink for strategies whose tokens are final as they are sampled: (choice index,
-    # the draw). Returning False asks the strategy to stop that choice (the client went away).
-    on_token: Callable[[int, TokenDraw], bool] | None = None
     prompt_text: str | None = None  # the question as text, when the edge had it
-    # Server-wide strategy options (e.g. "synthesis_template"), set by server flags.
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: StrategyOptions = field(default_factory=StrategyOptions)
 
     def max_new_tokens(self, cap: int | None = None) -> int:
         """The new-token budget: settings.max_tokens, else what the context leaves, capped."""
@@ -127,35 +75,12 @@ class DecodeRequest:
         return tuple(dict.fromkeys((*self.engine.eos_ids, *self.settings.stop_token_ids)))
 
 
-@dataclass(slots=True)
-class Completion:
-    """One returned choice."""
-
-    tokens: list[int]
-    finish_reason: str  # "stop" | "length" | "abort"
-    logp: np.ndarray | None = None  # [T] raw log-probs of `tokens`
-    top_ids: np.ndarray | None = None  # [T, k]
-    top_logps: np.ndarray | None = None  # [T, k]
-    text: str | None = None  # set when the strategy cut the text itself (stop strings)
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class StrategyResult:
-    completions: list[Completion]
-    completion_tokens: int  # every token the request generated (all proposals, rollouts...)
-    extra_prompt_tokens: int = 0  # prompts the strategy built itself (e.g. anchor prompts)
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
 class Strategy(ABC):
     """Base class: subclasses set `name` and `Params` and implement `run`."""
 
     name: ClassVar[str]
     Params: ClassVar[type[BaseModel]]
     streams_tokens: ClassVar[bool] = False  # tokens are final when sampled (token streaming)
-    # Strategies that build their output out of several sampled answers ignore the settings'
-    # n-way sampling semantics and document their own meaning of n.
 
     def parse(self, raw: Mapping[str, Any]) -> BaseModel:
         """Validate the request's `decoding` object (minus "strategy") into Params."""
@@ -164,8 +89,24 @@ class Strategy(ABC):
         except ValidationError as exc:
             raise param_error_from(exc, "decoding") from None
 
+    def settings(self, settings: SamplingSettings, params: BaseModel) -> SamplingSettings:
+        """The sampling settings this strategy runs the request with (what `n` choices come
+        back, which stop strings apply). Strategies whose Params override settings say so."""
+        return settings
+
+    def check(self, req: DecodeRequest, params: Any) -> None:
+        """Every check of one request that needs no engine work (ParamError naming the field).
+        The server calls it before a request is admitted, so a streamed request that cannot
+        run is a 400 like an unstreamed one; `run` calls it too, for in-process callers."""
+        return None
+
     @abstractmethod
-    async def run(self, req: DecodeRequest, params: Any) -> StrategyResult: ...
+    async def run(
+        self, req: DecodeRequest, params: Any, on_token: TokenCallback | None = None
+    ) -> StrategyResult:
+        """Run one request. `on_token` (only for strategies with `streams_tokens`) receives
+        (choice index, draw) for every token as it becomes final; returning False stops that
+        choice (the client went away)."""
 
 
 def derive_seed(seed: int | None, *path: int) -> int | None:
@@ -174,7 +115,22 @@ def derive_seed(seed: int | None, *path: int) -> int | None:
     if seed is None:
         return None
     state = np.random.SeedSequence([seed & (2**64 - 1), *path]).generate_state(2, np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
+    return int((int(state[0]) << 31) ^ int(state[1])) & SEED_MASK
+
+
+def spec_seeds(seed: int | None, count: int, *path: int) -> list[int | None]:
+    """`count` distinct engine seeds for one engine call, from one derived base.
+
+    Why distinct: the engines' RNG is counter-based on (seed, absolute position), so two specs
+    with one seed and one prefix draw identical tokens (two proposals from one cut, two copies
+    of a resampled particle). Why base + i rather than derive_seed per spec: it costs ~10 µs a
+    call and exactness tests run 10⁵ specs per step; the engine hashes the seed, so adjacent
+    seeds are unrelated streams, and random 63-bit bases make overlaps between calls negligible.
+    """
+    base = derive_seed(seed, *path)
+    if base is None:
+        return [None] * count
+    return [(base + i) & SEED_MASK for i in range(count)]
 
 
 def request_rng(seed: int | None, *path: int) -> np.random.Generator:

@@ -21,13 +21,14 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from temper.decoding.strategies.base import DecodeRequest, StrategyResult
+from temper.decoding.engine import TokenCallback
+from temper.decoding.strategies.base import DecodeRequest
+from temper.decoding.strategies.completion import StrategyResult, completion_text
 from temper.decoding.strategies.rollouts import (
     MAX_ROLLOUTS,
     RolloutParams,
     RolloutStrategy,
     check_n,
-    completion_text,
     draw_rollouts,
     json_floats,
     sequence_score,
@@ -43,8 +44,14 @@ class BestOfNStrategy(RolloutStrategy):
     name = "best_of_n"
     Params = BestOfNParams
 
-    async def run(self, req: DecodeRequest, params: BestOfNParams) -> StrategyResult:
+    def check(self, req: DecodeRequest, params: BestOfNParams) -> None:
         check_n(req, params.candidates, "candidates are drawn (decoding.candidates)")
+        self.check_rollouts(req, params, params.candidates, choices=True)
+
+    async def run(
+        self, req: DecodeRequest, params: BestOfNParams, on_token: TokenCallback | None = None
+    ) -> StrategyResult:
+        self.check(req, params)
         drawn = await draw_rollouts(req, self.inner(params), params.candidates, choices=True)
         cands = drawn.completions
         scores = [sequence_score(c.logp, params.score) for c in cands]

@@ -23,7 +23,8 @@ The fixes over the Karan & Du reference (§3.4–3.6), and why they make the cha
   * A finished chain keeps making its MH steps in later blocks unless `early_stop`: stopping it
     would freeze a π_k sample while the other chains move on to π_K, which is not π_K.
 
-What this is not: the parameter surface or completions (power.py) or the math (power_math).
+What this is not: the parameters (power_params.py), the completions (power.py) or the math
+(power_math).
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from temper.decoding.counting_engine import CountingEngine
 from temper.decoding.engine import Sample, SampleSpec
 from temper.decoding.power_math import block_lengths
-from temper.decoding.strategies.base import DecodeRequest, request_rng
-from temper.decoding.strategies.power import EngineCalls, PowerParams, spec_seeds
+from temper.decoding.strategies.base import DecodeRequest, request_rng, spec_seeds
+from temper.decoding.strategies.power_params import PowerParams
 from temper.triton_kernels.mh_accept import mh_accept
 
 # Seed-path tags: engine seeds are derive_seed(seed, tag, block, step); the strategy's own
@@ -87,95 +89,110 @@ def scatter_index(starts, lens) -> tuple[np.ndarray, np.ndarray]:
     return seg, pos
 
 
-async def run_mh(
-    req: DecodeRequest, p: PowerParams, *, n: int, max_tokens: int, seed: int | None, calls: EngineCalls
-) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[dict[str, Any]], dict[str, Any]]:
-    """Run n chains; returns ([(tokens, logp)] per chain, per-chain metadata, run metadata)."""
-    prompt = tuple(req.prompt)
-    stop_ids = req.stop_ids()
-    stop = frozenset(stop_ids)
-    s = req.settings
-    M = p.proposals
-    spec_kw = dict(alpha=p.alpha, top_k=s.top_k_or_off, top_p=s.top_p, stop_ids=stop_ids)
-    ch = Chains(n, max_tokens)
-    frozen = np.zeros(n, dtype=bool)  # early_stop: chains that ended at a block boundary
-    rng = request_rng(seed, RNG_TAG)
-    acc_chain = np.zeros(n, dtype=np.int64)  # accepted moves per chain (proposal chosen)
-    att_chain = np.zeros(n, dtype=np.int64)  # real (non-identity) moves per chain
-    per_block: list[float | None] = []
+class MHRun:
+    """One request's n chains and what moving them needs (engine, seeds, RNG, counters)."""
 
-    for k, t in enumerate(block_lengths(max_tokens, p.block_size)):
-        # Extension: a live chain has length exactly t_{k-1}; grow it to t_k (or EOS) from q.
-        # This only proposes a π_k start; the MH steps below correct it towards π_k.
-        grow = np.nonzero(~ch.done & ~frozen & (ch.length < t))[0]
-        seeds = spec_seeds(seed, len(grow), EXTEND_TAG, k)
+    def __init__(self, req: DecodeRequest, p: PowerParams, n: int, max_tokens: int, seed: int | None,
+                 calls: CountingEngine):
+        self.prompt = tuple(req.prompt)
+        stop_ids = req.stop_ids()
+        self.stop = frozenset(stop_ids)
+        s = req.settings
+        self.spec_kw = dict(alpha=p.alpha, top_k=s.top_k_or_off, top_p=s.top_p, stop_ids=stop_ids)
+        self.p, self.n, self.seed, self.calls = p, n, seed, calls
+        self.ch = Chains(n, max_tokens)
+        self.frozen = np.zeros(n, dtype=bool)  # early_stop: chains that ended at a block boundary
+        self.rng = request_rng(seed, RNG_TAG)
+        self.accepted = np.zeros(n, dtype=np.int64)  # accepted moves per chain (proposal chosen)
+        self.attempted = np.zeros(n, dtype=np.int64)  # real (non-identity) moves per chain
+
+    async def extend(self, k: int, t: int) -> None:
+        """A live chain has length exactly t_{k-1}; grow it to t_k (or EOS) from q. This only
+        proposes a π_k start; the MH steps correct it towards π_k."""
+        ch = self.ch
+        grow = np.nonzero(~ch.done & ~self.frozen & (ch.length < t))[0]
+        seeds = spec_seeds(self.seed, len(grow), EXTEND_TAG, k)
         specs = [
-            SampleSpec(prefix=ch.prefix(prompt, b, int(ch.length[b])), max_new_tokens=int(t - ch.length[b]),
-                       seed=sd, **spec_kw)
+            SampleSpec(prefix=ch.prefix(self.prompt, b, int(ch.length[b])), max_new_tokens=int(t - ch.length[b]),
+                       seed=sd, **self.spec_kw)
             for b, sd in zip(grow, seeds, strict=True)
         ]
-        ch.write(grow, ch.length[grow], await calls.sample(specs), stop)
+        ch.write(grow, ch.length[grow], await self.calls.sample(specs), self.stop)
 
-        acc0, att0 = int(acc_chain.sum()), int(att_chain.sum())
+    async def step(self, k: int, t: int, step: int) -> None:
+        """One MH (M = 1) or i-SIR (M > 1) move of every chain at a cut uniform over [0, t)."""
+        ch, M = self.ch, self.p.proposals
+        # Drawn for all n chains every step, so a seeded run's draws do not depend on which
+        # chains happen to be active.
+        cut = self.rng.integers(0, t, size=self.n)
+        u = 1.0 - self.rng.random(self.n)  # (0, 1]: log u is finite
+        act = np.nonzero((cut < ch.length) & ~self.frozen)[0]  # cut in padding: identity move
+        if act.size == 0:
+            return
+        A = act.size
+        seeds = spec_seeds(self.seed, A * M, STEP_TAG, k, step)
+        specs = [
+            SampleSpec(prefix=ch.prefix(self.prompt, b, int(cut[b])), max_new_tokens=int(t - cut[b]),
+                       seed=seeds[a * M + m], **self.spec_kw)
+            for a, b in enumerate(act)
+            for m in range(M)
+        ]
+        samples = await self.calls.sample(specs)  # sample j = chain act[j // M], proposal j % M
+        # Proposals laid out at absolute positions like the current state: [A, M, t], the
+        # cut's prefix positions left 0 (the suffix sums start at the cut).
+        lens = np.array([len(smp.tokens) for smp in samples], dtype=np.int64)  # [A·M]
+        starts = np.repeat(cut[act], M)  # [A·M]
+        seg, pos = scatter_index(starts, lens)
+        prop_w = np.zeros((A * M, t), dtype=np.float32)
+        prop_w[seg, pos] = np.concatenate([smp.log_w for smp in samples])
+        # The dispatcher runs the Triton kernel for CUDA tensors; these are host arrays, so
+        # the torch twin decides here (same rule as power_math.choose_next, tested equal).
+        res = mh_accept(
+            torch.from_numpy(np.ascontiguousarray(ch.log_w[act, :t])),
+            torch.from_numpy(ch.length[act]),
+            torch.from_numpy(cut[act]),
+            torch.from_numpy(prop_w.reshape(A, M, t)),
+            torch.from_numpy((starts + lens).reshape(A, M)),
+            torch.from_numpy(u[act].astype(np.float32)),
+        )
+        choice = res.choice.cpu().numpy()  # [A] in 0..M, 0 = keep current
+        moved = np.nonzero(choice)[0]
+        ch.write(act[moved], cut[act[moved]], [samples[a * M + choice[a] - 1] for a in moved], self.stop)
+        self.accepted[act] += choice > 0
+        self.attempted[act] += 1
+
+    def rate(self, b: int | None = None) -> float | None:
+        att = int(self.attempted.sum() if b is None else self.attempted[b])
+        acc = int(self.accepted.sum() if b is None else self.accepted[b])
+        return acc / att if att else None
+
+
+async def run_mh(
+    req: DecodeRequest, p: PowerParams, *, n: int, max_tokens: int, seed: int | None, calls: CountingEngine
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[dict[str, Any]], dict[str, Any]]:
+    """Run n chains; returns ([(tokens, logp)] per chain, per-chain metadata, run metadata)."""
+    run = MHRun(req, p, n, max_tokens, seed, calls)
+    per_block: list[float | None] = []
+    for k, t in enumerate(block_lengths(max_tokens, p.block_size)):
+        await run.extend(k, t)
+        acc0, att0 = int(run.accepted.sum()), int(run.attempted.sum())
         for step in range(p.mcmc_steps):
-            # Drawn for all n chains every step, so a seeded run's draws do not depend on which
-            # chains happen to be active.
-            cut = rng.integers(0, t, size=n)
-            u = 1.0 - rng.random(n)  # (0, 1]: log u is finite
-            act = np.nonzero((cut < ch.length) & ~frozen)[0]  # cut in padding: identity move
-            if act.size == 0:
-                continue
-            A = act.size
-            seeds = spec_seeds(seed, A * M, STEP_TAG, k, step)
-            specs = [
-                SampleSpec(prefix=ch.prefix(prompt, b, int(cut[b])), max_new_tokens=int(t - cut[b]),
-                           seed=seeds[a * M + m], **spec_kw)
-                for a, b in enumerate(act)
-                for m in range(M)
-            ]
-            samples = await calls.sample(specs)  # sample j = chain act[j // M], proposal j % M
-            # Proposals laid out at absolute positions like the current state: [A, M, t], the
-            # cut's prefix positions left 0 (the suffix sums start at the cut).
-            lens = np.array([len(smp.tokens) for smp in samples], dtype=np.int64)  # [A·M]
-            starts = np.repeat(cut[act], M)  # [A·M]
-            seg, pos = scatter_index(starts, lens)
-            prop_w = np.zeros((A * M, t), dtype=np.float32)
-            prop_w[seg, pos] = np.concatenate([smp.log_w for smp in samples])
-            # The dispatcher runs the Triton kernel for CUDA tensors; these are host arrays, so
-            # the torch twin decides here (same rule as power_math.choose_next, tested equal).
-            res = mh_accept(
-                torch.from_numpy(np.ascontiguousarray(ch.log_w[act, :t])),
-                torch.from_numpy(ch.length[act]),
-                torch.from_numpy(cut[act]),
-                torch.from_numpy(prop_w.reshape(A, M, t)),
-                torch.from_numpy((starts + lens).reshape(A, M)),
-                torch.from_numpy(u[act].astype(np.float32)),
-            )
-            choice = res.choice.cpu().numpy()  # [A] in 0..M, 0 = keep current
-            moved = np.nonzero(choice)[0]
-            ch.write(act[moved], cut[act[moved]], [samples[a * M + choice[a] - 1] for a in moved], stop)
-            acc_chain[act] += choice > 0
-            att_chain[act] += 1
-        att = int(att_chain.sum()) - att0
-        per_block.append((int(acc_chain.sum()) - acc0) / att if att else None)
+            await run.step(k, t, step)
+        att = int(run.attempted.sum()) - att0
+        per_block.append((int(run.accepted.sum()) - acc0) / att if att else None)
         if p.early_stop:
-            frozen |= ch.done
-            if frozen.all():
+            run.frozen |= run.ch.done
+            if run.frozen.all():
                 break
-
+    ch = run.ch
     outputs = [(ch.tok[b, : ch.length[b]].copy(), ch.logp[b, : ch.length[b]].copy()) for b in range(n)]
-    chain_meta = [
-        {"acceptance_rate": float(acc_chain[b] / att_chain[b]) if att_chain[b] else None,
-         "moves": int(att_chain[b])}
-        for b in range(n)
-    ]
-    total_att = int(att_chain.sum())
+    chain_meta = [{"acceptance_rate": run.rate(b), "moves": int(run.attempted[b])} for b in range(n)]
     meta = {
         "block_size": p.block_size,
         "mcmc_steps": p.mcmc_steps,
-        "proposals": M,
+        "proposals": p.proposals,
         "blocks": len(per_block),
         "acceptance_rate_per_block": per_block,
-        "acceptance_rate": float(acc_chain.sum() / total_att) if total_att else None,
+        "acceptance_rate": run.rate(),
     }
     return outputs, chain_meta, meta

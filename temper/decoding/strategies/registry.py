@@ -15,7 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from temper.decoding.strategies.base import ParamError, Strategy
+from temper.decoding.errors import ParamError
+from temper.decoding.strategies.base import Strategy
 
 log = logging.getLogger(__name__)
 

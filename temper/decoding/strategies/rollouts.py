@@ -15,8 +15,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict
 from pydantic_core import PydanticCustomError
 
 from temper.decoding.answers import EXTRACTORS
-from temper.decoding.engine import Tokenizer
-from temper.decoding.strategies.base import Completion, DecodeRequest, ParamError, Strategy, StrategyResult, derive_seed
+from temper.decoding.errors import ParamError
+from temper.decoding.strategies.base import DecodeRequest, Strategy, derive_seed
+from temper.decoding.strategies.completion import StrategyResult, fill_logprobs
+from temper.decoding.strategies.registry import parse_decoding
 
 MAX_ROLLOUTS = 64
 COMPOSITE = frozenset({"best_of_n", "self_consistency", "synthesis"})
@@ -55,21 +57,25 @@ class RolloutStrategy(Strategy):
 
     def parse(self, raw: Mapping[str, Any]) -> BaseModel:
         params = super().parse(raw)
-        self.check(params)
+        self.check_params(params)
         self.inner(params)  # fail at validation, not mid-request
         return params
 
-    def check(self, params: Any) -> None:
+    def check_params(self, params: Any) -> None:
         """Checks of the validated Params beyond the model's own (ParamError naming the field)."""
 
     def inner(self, params: Any) -> tuple[Strategy, BaseModel]:
         return parse_inner(params.inner, self.default_inner)
 
+    def check_rollouts(self, req: DecodeRequest, params: Any, count: int, *, choices: bool) -> None:
+        """The inner strategy's own checks of the run that will draw the rollouts."""
+        strategy, inner_params = self.inner(params)
+        sub = rollout_request(req, count, choices=choices)
+        strategy.check(replace(sub, settings=strategy.settings(sub.settings, inner_params)), inner_params)
+
 
 def parse_inner(raw: Mapping[str, Any] | None, default: Mapping[str, Any]) -> tuple[Strategy, BaseModel]:
     """The inner decoding object → (strategy, params); errors name "decoding.inner.<field>"."""
-    from temper.decoding.strategies.registry import parse_decoding  # the registry imports us
-
     obj = dict(default if raw is None else raw)
     if obj.get("strategy", "sample") in COMPOSITE:
         raise ParamError(
@@ -92,6 +98,15 @@ def check_n(req: DecodeRequest, limit: int, what: str) -> None:
         raise ParamError(f"n: {req.settings.n} choices asked for but only {limit} {what}", "n")
 
 
+def rollout_request(req: DecodeRequest, count: int, *, choices: bool) -> DecodeRequest:
+    """The request the inner strategy runs with: n = count, the rollout seed sub-stream, and
+    no log-probs unless the rollouts may be returned as choices."""
+    overrides: dict[str, Any] = {"n": count, "seed": derive_seed(req.settings.seed, ROLLOUT_STREAM)}
+    if not choices:
+        overrides.update(logprobs=False, top_logprobs=0)
+    return replace(req, settings=req.settings.updated(overrides))
+
+
 async def draw_rollouts(
     req: DecodeRequest, inner: tuple[Strategy, BaseModel], count: int, *, choices: bool
 ) -> StrategyResult:
@@ -103,37 +118,12 @@ async def draw_rollouts(
     carries its raw token log-probs (`logp`): those the inner strategy left out are scored in
     one engine call, whose re-fed tokens count as extra prompt tokens."""
     strategy, params = inner
-    overrides: dict[str, Any] = {"n": count, "seed": derive_seed(req.settings.seed, ROLLOUT_STREAM)}
-    if not choices:
-        overrides.update(logprobs=False, top_logprobs=0)
-    sub = replace(req, settings=req.settings.updated(overrides), on_token=None)
-    result = await strategy.run(sub, params)
+    result = await strategy.run(rollout_request(req, count, choices=choices), params)
     if len(result.completions) != count:
         raise RuntimeError(f"inner strategy {strategy.name!r} returned {len(result.completions)} of {count}")
     if choices:
-        result.extra_prompt_tokens += await fill_logprobs(req, result.completions)
+        result.extra_prompt_tokens += await fill_logprobs(req.engine, req.prompt, result.completions)
     return result
-
-
-async def fill_logprobs(req: DecodeRequest, completions: list[Completion]) -> int:
-    """Give every completion its raw per-token log-probs, scoring those without them in one
-    engine call; returns how many tokens were re-scored."""
-    todo = []
-    for c in completions:
-        if c.logp is None or len(c.logp) != len(c.tokens):
-            c.logp = np.zeros(0, dtype=np.float32)
-            if c.tokens:
-                todo.append(c)
-    if todo:
-        scored = await req.engine.score([list(req.prompt) + list(c.tokens) for c in todo], start=len(req.prompt))
-        for c, sc in zip(todo, scored, strict=True):
-            c.logp = np.asarray(sc.logp, dtype=np.float32)
-    return sum(len(c.tokens) for c in todo)
-
-
-def completion_text(tokenizer: Tokenizer, c: Completion) -> str:
-    """The completion's text: the strategy's own (cut at a stop string), else its tokens decoded."""
-    return c.text if c.text is not None else tokenizer.decode(c.tokens)
 
 
 def sequence_score(logp: np.ndarray, kind: str = "mean_logprob") -> float:

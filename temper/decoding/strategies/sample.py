@@ -4,37 +4,27 @@ what vLLM would do. n choices are one batched engine call; tokens stream as they
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from dataclasses import replace
 
-from temper.decoding.engine import SampleSpec, TokenDraw
-from temper.decoding.strategies.base import (
-    MAX_N,
-    Completion,
-    DecodeRequest,
-    SamplingSettings,
-    Strategy,
-    StrategyResult,
-    derive_seed,
+from pydantic import BaseModel, ValidationError
+
+from temper.decoding.engine import SampleSpec, TokenCallback, TokenDraw
+from temper.decoding.errors import param_error_from
+from temper.decoding.strategies.base import DecodeRequest, Strategy, derive_seed
+from temper.decoding.strategies.completion import Completion, StrategyResult, apply_stops
+from temper.decoding.strategies.settings import SamplingSettings, overrides_model
+from temper.decoding.strategies.stops import StopWatch
+
+SampleParams = overrides_model(
+    "SampleParams",
+    ("temperature", "top_p", "top_k", "n", "seed", "max_tokens", "stop"),
+    "Optional overrides of the request's own sampling fields (vLLM defaults otherwise).",
 )
-from temper.decoding.strategies.stops import StopWatch, cut_at_stop
 
 
-class SampleParams(BaseModel):
-    """Optional overrides of the request's own sampling fields (vLLM defaults otherwise)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    temperature: float | None = Field(default=None, ge=0.0, le=100.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=-1)
-    n: int | None = Field(default=None, ge=1, le=MAX_N)
-    seed: int | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    stop: list[str] | None = None
-
-
-def sample_specs(req: DecodeRequest, s: SamplingSettings, count: int, *path: int) -> list[SampleSpec]:
-    """`count` specs for the request's prompt under settings `s`, seeded per choice."""
+def sample_specs(req: DecodeRequest, count: int, *path: int) -> list[SampleSpec]:
+    """`count` specs for the request's prompt under its settings, seeded per choice."""
+    s = req.settings
     max_new = req.max_new_tokens()
     return [
         SampleSpec(
@@ -52,34 +42,29 @@ def sample_specs(req: DecodeRequest, s: SamplingSettings, count: int, *path: int
 
 
 async def sample_completions(
-    req: DecodeRequest, s: SamplingSettings, count: int, *path: int, stream: bool = False
+    req: DecodeRequest, count: int, *path: int, on_token: TokenCallback | None = None
 ) -> list[Completion]:
-    """Draw `count` completions in one engine call, honouring stop strings (and streaming
-    tokens to req.on_token when `stream`)."""
+    """Draw `count` completions in one engine call under the request's settings, honouring stop
+    strings (a stop string ends its sequence as soon as it appears) and passing every token to
+    `on_token`."""
+    s = req.settings
     watches = [StopWatch(req.engine.tokenizer, s.stop) for _ in range(count)]
 
-    def on_token(i: int, draw: TokenDraw) -> bool:
+    def watch(i: int, draw: TokenDraw) -> bool:
         go_on = not watches[i].push(draw.token)
-        if stream and req.on_token is not None and not req.on_token(i, draw):
+        if on_token is not None and not on_token(i, draw):
             go_on = False
         return go_on
 
-    samples = await req.engine.sample(sample_specs(req, s, count, *path), on_token=on_token)
-    out = []
-    for smp in samples:
-        c = Completion(
-            tokens=list(smp.tokens),
-            finish_reason=smp.finish_reason,
-            logp=smp.logp,
-            top_ids=smp.top_ids,
-            top_logps=smp.top_logps,
+    samples = await req.engine.sample(sample_specs(req, count, *path), on_token=watch)
+    return [
+        apply_stops(
+            req.engine.tokenizer,
+            Completion(list(smp.tokens), smp.finish_reason, smp.logp, smp.top_ids, smp.top_logps),
+            s.stop,
         )
-        if s.stop:
-            text, hit = cut_at_stop(req.engine.tokenizer.decode(smp.tokens), s.stop)
-            if hit:
-                c.text, c.finish_reason = text, "stop"
-        out.append(c)
-    return out
+        for smp in samples
+    ]
 
 
 class SampleStrategy(Strategy):
@@ -87,10 +72,17 @@ class SampleStrategy(Strategy):
     Params = SampleParams
     streams_tokens = True
 
-    async def run(self, req: DecodeRequest, params: SampleParams) -> StrategyResult:
-        s = req.settings.updated(params)
-        req.settings = s
-        completions = await sample_completions(req, s, s.n, stream=True)
+    def settings(self, settings: SamplingSettings, params: BaseModel) -> SamplingSettings:
+        try:
+            return settings.updated(params)
+        except ValidationError as exc:  # e.g. an override that contradicts another field
+            raise param_error_from(exc, "decoding") from None
+
+    async def run(
+        self, req: DecodeRequest, params: BaseModel, on_token: TokenCallback | None = None
+    ) -> StrategyResult:
+        req = replace(req, settings=self.settings(req.settings, params))
+        completions = await sample_completions(req, req.settings.n, on_token=on_token)
         return StrategyResult(
             completions=completions,
             completion_tokens=sum(len(c.tokens) for c in completions),

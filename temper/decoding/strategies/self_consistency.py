@@ -22,14 +22,15 @@ from typing import Any
 from pydantic import Field
 
 from temper.decoding.answers import extract_answer, majority_vote
-from temper.decoding.strategies.base import DecodeRequest, StrategyResult
+from temper.decoding.engine import TokenCallback
+from temper.decoding.strategies.base import DecodeRequest
+from temper.decoding.strategies.completion import StrategyResult, completion_text
 from temper.decoding.strategies.rollouts import (
     MAX_ROLLOUTS,
     ExtractorName,
     RolloutParams,
     RolloutStrategy,
     check_n,
-    completion_text,
     draw_rollouts,
     json_floats,
     sequence_score,
@@ -45,8 +46,14 @@ class SelfConsistencyStrategy(RolloutStrategy):
     name = "self_consistency"
     Params = SelfConsistencyParams
 
-    async def run(self, req: DecodeRequest, params: SelfConsistencyParams) -> StrategyResult:
+    def check(self, req: DecodeRequest, params: SelfConsistencyParams) -> None:
         check_n(req, params.rollouts, "rollouts are drawn (decoding.rollouts)")
+        self.check_rollouts(req, params, params.rollouts, choices=True)
+
+    async def run(
+        self, req: DecodeRequest, params: SelfConsistencyParams, on_token: TokenCallback | None = None
+    ) -> StrategyResult:
+        self.check(req, params)
         drawn = await draw_rollouts(req, self.inner(params), params.rollouts, choices=True)
         rollouts = drawn.completions
         scores = [sequence_score(c.logp) for c in rollouts]

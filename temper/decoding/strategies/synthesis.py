@@ -26,19 +26,21 @@ synthesis's extracted answer (CaT's verifiable reward compares the two), tokens 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import Field
 
 from temper.decoding.answers import extract_answer, majority_vote
-from temper.decoding.engine import ContextLengthError, Engine, Tokenizer
-from temper.decoding.strategies.base import DecodeRequest, ParamError, StrategyResult
+from temper.decoding.engine import Engine, TokenCallback, Tokenizer
+from temper.decoding.errors import ContextLengthError, ParamError
+from temper.decoding.strategies.base import DecodeRequest
+from temper.decoding.strategies.completion import StrategyResult, completion_text
 from temper.decoding.strategies.rollouts import (
     MAX_ROLLOUTS,
     ExtractorName,
     RolloutParams,
     RolloutStrategy,
-    completion_text,
     draw_rollouts,
     sequence_score,
 )
@@ -55,6 +57,16 @@ class SynthesisParams(RolloutParams):
     template: str | None = None  # a preset name or text with {rollouts}; default: server's
     extractor: ExtractorName = "auto"  # for the answers reported in the metadata
     # inner defaults to sample at temperature 1; return_rollouts adds the exact anchor prompt
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorPlan:
+    """What the checks before sampling settle: the anchor, whether its vocabulary differs from
+    the request model's, and the build_prompt arguments that fit its context."""
+
+    anchor: Engine
+    foreign: bool
+    fit: dict[str, Any]
 
 
 def resolve_anchor(req: DecodeRequest, name: str | None) -> Engine:
@@ -92,17 +104,14 @@ class SynthesisStrategy(RolloutStrategy):
     Params = SynthesisParams
     default_inner = {"strategy": "sample", "temperature": 1.0}
 
-    def check(self, params: SynthesisParams) -> None:
+    def check_params(self, params: SynthesisParams) -> None:
         if params.template is not None:
             check_template(params.template)
 
-    async def run(self, req: DecodeRequest, params: SynthesisParams) -> StrategyResult:
-        # Everything that can be checked before sampling is, so a bad request costs nothing.
+    def plan(self, req: DecodeRequest, params: SynthesisParams) -> AnchorPlan:
+        """Every check that can be made before sampling, so a bad request costs nothing."""
         anchor = resolve_anchor(req, params.anchor_model)
-        template = resolve_template(params.template, req.options)
-        inner = self.inner(params)
         s = req.settings
-        question = question_text(req) if params.include_question else None
         foreign = not same_vocabulary(anchor.tokenizer, req.engine.tokenizer)
         if foreign and s.logprobs:
             raise ParamError(
@@ -110,34 +119,55 @@ class SynthesisStrategy(RolloutStrategy):
                 "tokenizer from the request's model: its tokens cannot be reported in that vocabulary",
                 "logprobs",
             )
-        fit = dict(template=template, max_context=anchor.max_context, answer_tokens=s.max_tokens, question=question)
+        fit = dict(
+            template=resolve_template(params.template, req.options.synthesis_template),
+            max_context=anchor.max_context,
+            answer_tokens=s.max_tokens,
+            question=question_text(req) if params.include_question else None,
+        )
         try:
             build_prompt(anchor.tokenizer, [""] * params.rollouts, **fit)
         except ContextLengthError as exc:
             param = "max_tokens" if s.max_tokens is not None else "decoding.template"
             raise ParamError(f"{param}: {exc} (anchor {anchor.name!r})", param) from None
+        return AnchorPlan(anchor, foreign, fit)
 
-        drawn = await draw_rollouts(req, inner, params.rollouts, choices=False)
-        rollouts = drawn.completions
-        texts = [completion_text(req.engine.tokenizer, c) for c in rollouts]
+    def check(self, req: DecodeRequest, params: SynthesisParams) -> None:
+        self.plan(req, params)
+        self.check_rollouts(req, params, params.rollouts, choices=False)
+
+    async def run(
+        self, req: DecodeRequest, params: SynthesisParams, on_token: TokenCallback | None = None
+    ) -> StrategyResult:
+        plan = self.plan(req, params)
+        anchor = plan.anchor
+        drawn = await draw_rollouts(req, self.inner(params), params.rollouts, choices=False)
+        texts = [completion_text(req.engine.tokenizer, c) for c in drawn.completions]
         try:
-            prompt = build_prompt(anchor.tokenizer, texts, **fit)
+            prompt = build_prompt(anchor.tokenizer, texts, **plan.fit)
         except ContextLengthError as exc:
             raise ParamError(f"decoding.rollouts: {exc}", "decoding.rollouts") from None
 
-        anchor_req = DecodeRequest(
-            prompt=prompt.ids, settings=s, engine=anchor, engines=req.engines, options=req.options
-        )
-        outs = await sample_completions(anchor_req, s, s.n, ANCHOR_STREAM)
+        s = req.settings
+        anchor_req = replace(req, prompt=prompt.ids, engine=anchor, prompt_text=None)
+        outs = await sample_completions(anchor_req, s.n, ANCHOR_STREAM)
         for c in outs:
             text = completion_text(anchor.tokenizer, c)
-            if foreign:  # ids in the anchor's vocabulary: the edge must not decode them itself
+            if plan.foreign:  # ids in the anchor's vocabulary: the edge must not decode them itself
                 c.text = text
             c.metadata = {**c.metadata, "answer": extract_answer(text, params.extractor)}
+        anchor_tokens = sum(len(c.tokens) for c in outs)
+        meta = self.metadata(params, drawn, texts, prompt, outs, anchor)
+        return StrategyResult(
+            completions=outs,
+            completion_tokens=drawn.completion_tokens + anchor_tokens,
+            extra_prompt_tokens=drawn.extra_prompt_tokens + len(prompt.ids),
+            metadata=meta,
+        )
 
+    def metadata(self, params, drawn, texts, prompt, outs, anchor: Engine) -> dict[str, Any]:
         answers = [extract_answer(t, params.extractor) for t in texts]
-        scores = [sequence_score(c.logp) if c.logp is not None else 0.0 for c in rollouts]
-        vote = majority_vote(answers, scores)
+        scores = [sequence_score(c.logp) if c.logp is not None else 0.0 for c in drawn.completions]
         anchor_tokens = sum(len(c.tokens) for c in outs)
         meta: dict[str, Any] = {
             "strategy": self.name,
@@ -148,7 +178,7 @@ class SynthesisStrategy(RolloutStrategy):
             "rollout_tokens": prompt.lengths,
             "rollout_tokens_kept": prompt.kept,
             "answers": answers,
-            "votes": vote.table,
+            "votes": majority_vote(answers, scores).table,
             "synthesis_answers": [c.metadata["answer"] for c in outs],
             "rollout_tokens_generated": drawn.completion_tokens,
             "tokens_generated": drawn.completion_tokens + anchor_tokens,
@@ -156,9 +186,4 @@ class SynthesisStrategy(RolloutStrategy):
         if params.return_rollouts:
             meta["rollouts"] = texts
             meta["anchor_prompt"] = anchor.tokenizer.decode(prompt.ids, skip_special_tokens=False)
-        return StrategyResult(
-            completions=outs,
-            completion_tokens=drawn.completion_tokens + anchor_tokens,
-            extra_prompt_tokens=drawn.extra_prompt_tokens + len(prompt.ids),
-            metadata=meta,
-        )
+        return meta

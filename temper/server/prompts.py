@@ -1,0 +1,277 @@
+"""Prompt building: a parsed request body → a validated Generation.
+
+Text, chat messages or token ids become token ids; the request's fields become SamplingSettings
+and a strategy with its Params; every check that can fail a request (HTTP 400) happens here,
+before any engine work, for streamed and unstreamed requests alike. Nothing after this reads
+the body again, and nothing writes to what this builds.
+
+The tokenizer runs here; blocking work (tokenising, chat templates) is the caller's to move
+off the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from temper.decoding.engine import Engine, TokenCallback
+from temper.decoding.errors import ParamError, param_error_from
+from temper.decoding.strategies.base import DecodeRequest, Strategy, StrategyOptions
+from temper.decoding.strategies.completion import StrategyResult
+from temper.decoding.strategies.registry import parse_decoding
+from temper.decoding.strategies.settings import SamplingSettings
+from temper.server.errors import bad_request
+from temper.server.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, GenerationRequest
+
+MAX_PROMPTS = 256
+ROLES = {"system", "user", "assistant", "tool", "developer"}
+
+
+@dataclass(frozen=True, slots=True)
+class PromptRun:
+    """One strategy run: one prompt of a request, numbered `index` among its prompts."""
+
+    req: DecodeRequest
+    strategy: Strategy
+    params: BaseModel
+    index: int
+    text: str | None  # the prompt as the client sent it (echo), when it was text
+
+    async def run(self, on_token: TokenCallback | None = None) -> StrategyResult:
+        return await self.strategy.run(self.req, self.params, on_token)
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """A validated /v1/completions or /v1/chat/completions request."""
+
+    kind: Literal["completion", "chat"]
+    model: str
+    engine: Engine
+    runs: list[PromptRun]
+    stride: int  # choices per prompt (the strategy's n): choice index = prompt index × stride + i
+    logprobs: int | None  # top alternatives per token when log-probs are asked for, else None
+    echo: bool = False
+    stream: bool = False
+    include_usage: bool = False
+
+    @property
+    def strategy(self) -> Strategy:
+        return self.runs[0].strategy
+
+
+# ------------------------------------------------------------------------------ request checks
+
+
+def reject_unsupported(body: BaseModel) -> None:
+    """400 for fields we cannot honour, unless they hold their neutral value."""
+    neutral = {
+        "presence_penalty": (None, 0, 0.0),
+        "frequency_penalty": (None, 0, 0.0),
+        "repetition_penalty": (None, 1, 1.0),
+        "logit_bias": (None, {}),
+        "best_of": (None, 1),
+        "suffix": (None, ""),
+        "tools": (None, []),
+        "tool_choice": (None, "none", "auto"),
+    }
+    for name, ok in neutral.items():
+        v = getattr(body, name, None)
+        if v not in ok:
+            raise bad_request(f"{name}: not supported by this server", name)
+    fmt = getattr(body, "response_format", None)
+    if fmt is not None and fmt.get("type", "text") != "text":
+        raise bad_request("response_format: only {'type': 'text'} is supported", "response_format")
+    if getattr(body, "stream_options", None) is not None and not body.stream:
+        raise bad_request("stream_options: only allowed when stream is true", "stream_options")
+
+
+def sampling_settings(
+    body: GenerationRequest,
+    *,
+    max_tokens: int | None,
+    logprobs: int | None,
+    aliases: Mapping[str, str] = {},
+) -> SamplingSettings:
+    """The request's SamplingSettings; a bad value is a 400 naming the field the client sent
+    (`aliases` maps settings names back, e.g. top_logprobs → logprobs for completions)."""
+    if max_tokens is not None and max_tokens <= 0:
+        p = aliases.get("max_tokens", "max_tokens")
+        raise ParamError(f"{p}: must be at least 1, got {max_tokens}", p)
+    data: dict[str, Any] = {
+        "max_tokens": max_tokens,
+        "stop": body.stop_list(),
+        "logprobs": logprobs is not None,
+        "top_logprobs": logprobs or 0,
+    }
+    for name in ("temperature", "top_p", "top_k", "n", "seed", "stop_token_ids"):
+        v = getattr(body, name)
+        if v is not None:
+            data[name] = v
+    try:
+        return SamplingSettings.model_validate(data)
+    except ValidationError as exc:
+        err = param_error_from(exc)
+        head = (err.param or "").split(".")[0]
+        if head in aliases:
+            p = aliases[head]
+            raise ParamError(err.message.replace(head, p, 1), p) from None
+        raise err from None
+
+
+def check_token_ids(engine: Engine, ids: Sequence[int], param: str) -> None:
+    """400 for token ids outside the model's vocabulary."""
+    vocab = engine.tokenizer.vocab_size
+    bad = next((t for t in ids if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise bad_request(f"{param}: token id {bad} is outside the vocabulary [0, {vocab})", param)
+
+
+def check_prompt(engine: Engine, ids: Sequence[int], max_tokens: int | None, param: str) -> None:
+    """400s for an empty prompt or one that leaves no room (vLLM's wording). Token ids were
+    checked against the vocabulary when the prompt was read."""
+    if not ids:
+        raise bad_request(f"{param}: must not be empty", param)
+    ctx = engine.max_context
+    if len(ids) >= ctx:
+        raise bad_request(
+            f"This model's maximum context length is {ctx} tokens. However, your {param} has "
+            f"{len(ids)} tokens, which leaves no room for a completion. Please reduce its length.",
+            param,
+        )
+    if max_tokens is not None and len(ids) + max_tokens > ctx:
+        raise bad_request(
+            f"This model's maximum context length is {ctx} tokens. However, you requested "
+            f"{len(ids) + max_tokens} tokens ({len(ids)} in the {param}, {max_tokens} in the "
+            f"completion). Please reduce the length of the {param} or completion.",
+            "max_tokens",
+        )
+
+
+# ------------------------------------------------------------------------------------ prompts
+
+
+def encode_prompts(engine: Engine, prompt, add_special_tokens: bool = True) -> list[tuple[list[int], str | None]]:
+    """(token ids, text or None) per prompt, whichever of OpenAI's four prompt forms was sent."""
+    if isinstance(prompt, str):
+        prompts = [prompt]
+    elif not prompt:
+        raise bad_request("prompt: must not be empty", "prompt")
+    elif isinstance(prompt[0], int):
+        prompts = [prompt]
+    else:
+        prompts = list(prompt)
+    if any(p == "" or (isinstance(p, list) and not p) for p in prompts):
+        raise bad_request("prompt: must not be empty", "prompt")
+    if len(prompts) > MAX_PROMPTS:
+        raise bad_request(f"prompt: at most {MAX_PROMPTS} prompts per request", "prompt")
+    out = []
+    for p in prompts:
+        if isinstance(p, str):
+            out.append((engine.tokenizer.encode(p, add_special_tokens=add_special_tokens), p))
+        else:
+            ids = [int(t) for t in p]
+            check_token_ids(engine, ids, "prompt")
+            out.append((ids, None))
+    return out
+
+
+def message_dicts(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    """Messages as the chat template wants them: role and text content (text parts joined)."""
+    out = []
+    for i, m in enumerate(messages):
+        if m.role not in ROLES:
+            raise bad_request(f"messages.{i}.role: unknown role {m.role!r}", f"messages.{i}.role")
+        content = m.content
+        if isinstance(content, list):
+            parts = []
+            for p in content:
+                if p.type != "text" or p.text is None:
+                    raise bad_request(
+                        f"messages.{i}.content: only text parts are supported, got {p.type!r}", f"messages.{i}.content"
+                    )
+                parts.append(p.text)
+            content = "".join(parts)
+        d = {"role": "system" if m.role == "developer" else m.role, "content": content or ""}
+        if m.name:
+            d["name"] = m.name
+        out.append(d)
+    return out
+
+
+def render_chat(engine: Engine, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
+    """Messages through the model's own chat template (never flattened into a transcript by us)."""
+    try:
+        return engine.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+    except Exception as exc:  # jinja errors from templates that refuse a message order
+        raise bad_request(f"messages: the model's chat template rejected them: {exc}", "messages") from None
+
+
+# --------------------------------------------------------------------------------- generation
+
+
+def prompt_runs(
+    engine: Engine,
+    engines: Mapping[str, Engine],
+    options: StrategyOptions,
+    prompts: Sequence[tuple[list[int], str | None]],
+    settings: SamplingSettings,
+    decoding: Mapping[str, Any] | None,
+    question: str | None = None,
+) -> tuple[list[PromptRun], int]:
+    """One PromptRun per prompt, all with the request's strategy (validated once), checked by
+    the strategy before any engine work; and the choices per prompt."""
+    strategy, params = parse_decoding(decoding)
+    settings = strategy.settings(settings, params)
+    runs = []
+    for i, (ids, text) in enumerate(prompts):
+        req = DecodeRequest(
+            prompt=list(ids),
+            settings=settings,
+            engine=engine,
+            engines=engines,
+            prompt_text=question if question is not None else text,
+            options=options,
+        )
+        strategy.check(req, params)
+        runs.append(PromptRun(req, strategy, params, i, text))
+    return runs, settings.n
+
+
+def build_completion(
+    name: str, engine: Engine, engines: Mapping[str, Engine], options: StrategyOptions, body: CompletionRequest
+) -> Generation:
+    """/v1/completions: text or token-id prompts (one or many), echo, legacy log-probs."""
+    reject_unsupported(body)
+    k = body.logprobs
+    settings = sampling_settings(body, max_tokens=body.max_tokens, logprobs=k, aliases={"top_logprobs": "logprobs"})
+    prompts = encode_prompts(engine, body.prompt)
+    for ids, _ in prompts:
+        check_prompt(engine, ids, settings.max_tokens, "prompt")
+    runs, stride = prompt_runs(engine, engines, options, prompts, settings, body.decoding)
+    return Generation(
+        "completion", name, engine, runs, stride, k, bool(body.echo), bool(body.stream), body.include_usage()
+    )
+
+
+def build_chat(
+    name: str, engine: Engine, engines: Mapping[str, Engine], options: StrategyOptions, body: ChatCompletionRequest
+) -> Generation:
+    """/v1/chat/completions: messages through the chat template, OpenAI's chat log-probs."""
+    reject_unsupported(body)
+    if body.top_logprobs is not None and not body.logprobs and body.top_logprobs > 0:
+        raise bad_request("top_logprobs: requires logprobs to be true", "top_logprobs")
+    max_tokens, alias = body.max_tokens, "max_tokens"
+    if body.max_completion_tokens is not None:
+        max_tokens, alias = body.max_completion_tokens, "max_completion_tokens"
+    k = (body.top_logprobs or 0) if body.logprobs else None
+    settings = sampling_settings(body, max_tokens=max_tokens, logprobs=k, aliases={"max_tokens": alias})
+    messages = message_dicts(body.messages)
+    ids = render_chat(engine, messages, body.add_generation_prompt)
+    check_prompt(engine, ids, settings.max_tokens, "messages")
+    question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
+    runs, stride = prompt_runs(engine, engines, options, [(ids, None)], settings, body.decoding, question)
+    return Generation("chat", name, engine, runs, stride, k, False, bool(body.stream), body.include_usage())

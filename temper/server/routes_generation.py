@@ -1,0 +1,54 @@
+"""POST /v1/completions and /v1/chat/completions: thin routes over prompt building, the runner,
+and the response builder (JSON) or the stream writer (SSE).
+
+Completions take text or token-id prompts (one or many; each its own strategy run, choices
+numbered prompt by prompt as vLLM does), echo and legacy log-probs; chat takes messages through
+the model's own chat template. Both answer OpenAI's shapes plus a `decoding` field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from temper.server.prompts import Generation, build_chat, build_completion
+from temper.server.protocol import ChatCompletionRequest, CompletionRequest
+from temper.server.responses import response_body
+from temper.server.state import ServerState
+from temper.server.streaming import stream_response
+
+router = APIRouter()
+
+Build = Callable[..., Generation]  # prompts.build_completion or prompts.build_chat
+
+
+async def generate(request: Request, body: CompletionRequest | ChatCompletionRequest, build: Build) -> Response:
+    """Build the request's Generation, run it, answer it (JSON or SSE); failures are counted
+    in the metrics with the status they get."""
+    state: ServerState = request.app.state.temper
+    with state.metrics.record().failures() as record:
+        name, engine = state.model(body.model)
+        record.model = name
+        gen = build(name, engine, state.engines, state.options, body)
+        record.strategy = gen.strategy.name
+        tt = state.token_texts[name]
+        if gen.stream:
+            slot = state.runner.admission.enter()
+            return stream_response(state.runner, slot, gen, tt, record)
+        outputs = await state.runner.run(request, gen)
+        payload = response_body(gen, tt, outputs)
+        record.count(payload["usage"])
+        record.finish(200)
+        return JSONResponse(payload)
+
+
+@router.post("/v1/completions")
+async def create_completion(body: CompletionRequest, request: Request) -> Response:
+    return await generate(request, body, build_completion)
+
+
+@router.post("/v1/chat/completions")
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+    return await generate(request, body, build_chat)
