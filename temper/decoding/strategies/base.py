@@ -100,6 +100,12 @@ class Strategy(ABC):
         run is a 400 like an unstreamed one; `run` calls it too, for in-process callers."""
         return None
 
+    def cost(self, req: DecodeRequest, params: Any) -> int:
+        """Worst-case tokens this request may generate (every proposal, particle, rollout and
+        look-ahead included), known before it runs: the server admits requests by it and
+        refuses those above its limit. The default is plain sampling's: n × the token budget."""
+        return req.settings.n * req.max_new_tokens()
+
     @abstractmethod
     async def run(
         self, req: DecodeRequest, params: Any, on_token: TokenCallback | None = None
