@@ -104,6 +104,9 @@ class SynthesisStrategy(RolloutStrategy):
     Params = SynthesisParams
     default_inner = {"strategy": "sample", "temperature": 1.0}
 
+    def sampled_logprobs(self, params: SynthesisParams) -> bool:
+        return True  # the choices are the anchor's, sampled token by token
+
     def check_params(self, params: SynthesisParams) -> None:
         if params.template is not None:
             check_template(params.template)
