@@ -62,6 +62,7 @@ class Generation:
     return_token_ids: bool = False  # prompt_token_ids and token_ids in the response
     as_ids: bool = False  # log-prob tokens read "token_id:<id>"
     request_id: str | None = None  # the client's id for the response (vLLM's request_id)
+    cost: int = 0  # worst-case tokens the request may generate (all its prompt runs)
 
     @property
     def strategy(self) -> Strategy:
@@ -167,7 +168,7 @@ def sampling_settings(
         if v is not None:
             data[name] = v
     try:
-        return SamplingSettings.model_validate(data)
+        settings = SamplingSettings.model_validate(data)
     except ValidationError as exc:
         err = param_error_from(exc)
         head = (err.param or "").split(".")[0]
@@ -175,6 +176,8 @@ def sampling_settings(
             p = aliases[head]
             raise ParamError(err.message.replace(head, p, 1), p) from None
         raise err from None
+    check_token_ids(target.engine, settings.stop_token_ids, "stop_token_ids")
+    return settings
 
 
 def check_token_ids(engine: Engine, ids: Sequence[int], param: str) -> None:
@@ -279,6 +282,7 @@ class Target:
     options: StrategyOptions
     max_logprobs: int = 20  # -1 = the whole vocabulary
     processed: bool = False  # --logprobs-mode processed_logprobs
+    max_request_tokens: int | None = None  # --max-request-tokens: the most one request may cost
 
     def cap(self, k: int | None) -> int | None:
         """vLLM's -1 (every token) as a count."""
@@ -291,9 +295,9 @@ def prompt_runs(
     settings: SamplingSettings,
     decoding: Mapping[str, Any] | None,
     question: str | None = None,
-) -> tuple[list[PromptRun], int]:
+) -> tuple[list[PromptRun], int, int]:
     """One PromptRun per prompt, all with the request's strategy (validated once), checked by
-    the strategy before any engine work; and the choices per prompt."""
+    the strategy before any engine work; the choices per prompt; the request's cost."""
     strategy, params = parse_decoding(decoding)
     if settings.logprobs and target.processed and not strategy.sampled_logprobs(params):
         raise bad_request(
@@ -315,10 +319,23 @@ def prompt_runs(
         )
         strategy.check(req, params)
         runs.append(PromptRun(req, strategy, params, i, text))
-    return runs, settings.n
+    cost = sum(strategy.cost(r.req, params) for r in runs)
+    limit = target.max_request_tokens
+    if limit is not None and cost > limit:
+        knob = strategy.cost_knob(params)
+        raise bad_request(
+            f"{knob}: this request may generate up to {cost} tokens (its worst case: every proposal, "
+            f"particle and rollout counted), more than this server's limit of {limit} "
+            f"(--max-request-tokens); lower {knob}, max_tokens or n",
+            knob,
+        )
+    return runs, settings.n, cost
 
 
-def generation(target: Target, kind, body: GenerationRequest, runs, stride: int, k: int | None, **kw) -> Generation:
+def generation(
+    target: Target, kind, body: GenerationRequest, planned: tuple[list[PromptRun], int, int], k: int | None, **kw
+) -> Generation:
+    runs, stride, cost = planned
     return Generation(
         kind,
         target.name,
@@ -333,6 +350,7 @@ def generation(target: Target, kind, body: GenerationRequest, runs, stride: int,
         return_token_ids=bool(body.return_token_ids),
         as_ids=bool(body.return_tokens_as_token_ids),
         request_id=body.request_id,
+        cost=cost,
         **kw,
     )
 
@@ -348,8 +366,8 @@ def build_completion(target: Target, body: CompletionRequest) -> Generation:
     prompts = encode_prompts(target.engine, body.prompt, body.add_special_tokens)
     for ids, _ in prompts:
         check_prompt(target.engine, ids, settings.max_tokens, "prompt")
-    runs, stride = prompt_runs(target, prompts, settings, body.decoding)
-    return generation(target, "completion", body, runs, stride, k, echo=bool(body.echo))
+    planned = prompt_runs(target, prompts, settings, body.decoding)
+    return generation(target, "completion", body, planned, k, echo=bool(body.echo))
 
 
 def build_chat(target: Target, body: ChatCompletionRequest) -> Generation:
@@ -367,5 +385,5 @@ def build_chat(target: Target, body: ChatCompletionRequest) -> Generation:
     ids = render_chat(target.engine, messages, body.add_generation_prompt)
     check_prompt(target.engine, ids, settings.max_tokens, "messages")
     question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
-    runs, stride = prompt_runs(target, [(ids, None)], settings, body.decoding, question)
-    return generation(target, "chat", body, runs, stride, k)
+    planned = prompt_runs(target, [(ids, None)], settings, body.decoding, question)
+    return generation(target, "chat", body, planned, k)

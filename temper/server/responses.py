@@ -32,8 +32,8 @@ def decoding_field(gen: Generation, outputs: Sequence[RunOutput]) -> dict[str, A
     completions request had several)."""
     name = gen.strategy.name
     if len(outputs) == 1:
-        return {"strategy": name, **outputs[0].result.metadata}
-    return {"strategy": name, "prompts": [dict(o.result.metadata) for o in outputs]}
+        return {"strategy": name, **outputs[0].result.metadata, "cost": gen.cost}
+    return {"strategy": name, "cost": gen.cost, "prompts": [dict(o.result.metadata) for o in outputs]}
 
 
 def weight_version(outputs: Sequence[RunOutput]) -> int:

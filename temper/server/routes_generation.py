@@ -8,6 +8,7 @@ the model's own chat template. Both answer OpenAI's shapes plus a `decoding` fie
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from fastapi import APIRouter, Request
@@ -31,13 +32,13 @@ async def generate(request: Request, body: CompletionRequest | ChatCompletionReq
     with state.metrics.record().failures() as record:
         target = state.target(body.model)
         record.model = target.name
-        gen = build(target, body)
+        gen = await asyncio.to_thread(build, target, body)  # tokenising: off the event loop
         record.strategy = gen.strategy.name
         tt = state.token_texts[target.name]
         if gen.stream:
             return await stream_response(state.runner, gen, tt, record)
         outputs = await state.runner.run(request, gen)
-        payload = response_body(gen, tt, outputs)
+        payload = await asyncio.to_thread(response_body, gen, tt, outputs)  # detokenising, too
         record.count(payload["usage"])
         record.finish(200)
         return JSONResponse(payload, headers={WEIGHT_VERSION_HEADER: str(payload["weight_version"])})

@@ -10,6 +10,7 @@ does engine work.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from fastapi import APIRouter, Request
@@ -63,7 +64,8 @@ async def score(body: LogprobsRequest, request: Request) -> Response:
         record.strategy = "score"
         name, engine = state.model(body.model)
         record.model = name
-        seqs = [ids for ids, _ in encode_prompts(engine, body.prompt, body.add_special_tokens)]
+        prompts = await asyncio.to_thread(encode_prompts, engine, body.prompt, body.add_special_tokens)
+        seqs = [ids for ids, _ in prompts]
         check_scoring(body, seqs, engine.max_context, state.config.max_logprobs)
 
         async def work() -> tuple[int, list[Scored]]:  # runs holding the weights: one version
