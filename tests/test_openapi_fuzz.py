@@ -1,8 +1,11 @@
 """The OpenAPI schema tells the truth: a schema-driven fuzzer (schemathesis) sends generated
 requests to every route and checks that nothing answers 5xx and that every answer (status,
-content type, body) is one the schema documents. A longer run: `python -m bench.fuzz`."""
+content type, body) is one the schema documents. A longer run: `python -m bench.fuzz`
+(TEMPER_FUZZ_EXAMPLES sets the examples per route; 8 here)."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -40,6 +43,11 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", fuzz_app())
 
 
 @schema.exclude(path=list(EXCLUDED)).parametrize()
-@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(
+    max_examples=int(os.environ.get("TEMPER_FUZZ_EXAMPLES", "8")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize="TEMPER_FUZZ_EXAMPLES" not in os.environ,  # CI: the same examples every run
+)
 def test_every_route_answers_as_documented(case):
     case.call_and_validate(checks=CHECKS)

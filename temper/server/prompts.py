@@ -212,7 +212,25 @@ def check_prompt(engine: Engine, ids: Sequence[int], max_tokens: int | None, par
 # ------------------------------------------------------------------------------------ prompts
 
 
-def encode_prompts(engine: Engine, prompt, add_special_tokens: bool = True) -> list[tuple[list[int], str | None]]:
+def check_length_bound(engine: Engine, texts: Sequence[str], param: str) -> None:
+    """400 for text that cannot fit the model's context whatever its tokens: B bytes are at
+    least B / (the most bytes a token stands for) tokens. Refusing it here costs microseconds;
+    tokenising a multi-megabyte prompt only to refuse it costs seconds of CPU."""
+    most = getattr(engine.tokenizer, "max_token_bytes", None)
+    if not most:
+        return
+    least = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts) // most
+    if least >= engine.max_context:
+        raise bad_request(
+            f"This model's maximum context length is {engine.max_context} tokens. However, your {param} "
+            f"holds at least {least} tokens. Please reduce its length.",
+            param,
+        )
+
+
+def encode_prompts(
+    engine: Engine, prompt, add_special_tokens: bool = True, *, bound: bool = True
+) -> list[tuple[list[int], str | None]]:
     """(token ids, text or None) per prompt, whichever of OpenAI's four prompt forms was sent."""
     if isinstance(prompt, str):
         prompts = [prompt]
@@ -226,6 +244,8 @@ def encode_prompts(engine: Engine, prompt, add_special_tokens: bool = True) -> l
         raise bad_request("prompt: must not be empty", "prompt")
     if len(prompts) > MAX_PROMPTS:
         raise bad_request(f"prompt: at most {MAX_PROMPTS} prompts per request", "prompt")
+    if bound:
+        check_length_bound(engine, [p for p in prompts if isinstance(p, str)], "prompt")
     out = []
     for p in prompts:
         if isinstance(p, str):
@@ -382,6 +402,7 @@ def build_chat(target: Target, body: ChatCompletionRequest) -> Generation:
     k = target.cap(body.top_logprobs or 0) if body.logprobs else None
     settings = sampling_settings(body, target, max_tokens=max_tokens, logprobs=k, aliases={"max_tokens": alias})
     messages = message_dicts(body.messages)
+    check_length_bound(target.engine, [m["content"] for m in messages], "messages")
     ids = render_chat(target.engine, messages, body.add_generation_prompt)
     check_prompt(target.engine, ids, settings.max_tokens, "messages")
     question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)

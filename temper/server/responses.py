@@ -6,10 +6,14 @@ The streamed shapes are streaming.py's; both take the shared pieces from here.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
+
+from fastapi.responses import Response
 
 from temper.decoding.strategies.completion import Completion
 from temper.server.logprobs import TokenLogprobs, chat_content, legacy, prompt_logprobs
@@ -20,6 +24,13 @@ from temper.server.text import TokenText
 OBJECTS = {"completion": "text_completion", "chat": "chat.completion"}
 ID_PREFIX = {"completion": "cmpl", "chat": "chatcmpl"}
 WEIGHT_VERSION_HEADER = "X-Weight-Version"  # the weights that produced a response (RL trainers)
+
+
+async def json_response(payload: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    """A JSON response rendered off the event loop: long outputs (thousands of tokens with
+    log-probs, a tokenised megabyte) take tens of milliseconds to serialise."""
+    body = await asyncio.to_thread(json.dumps, payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return Response(body.encode(), media_type="application/json", headers=headers)
 
 
 def response_id(gen: Generation) -> tuple[str, int]:

@@ -12,11 +12,11 @@ import asyncio
 from collections.abc import Callable
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from temper.server.prompts import Generation, build_chat, build_completion
 from temper.server.protocol import ChatCompletionRequest, CompletionRequest
-from temper.server.responses import WEIGHT_VERSION_HEADER, response_body
+from temper.server.responses import WEIGHT_VERSION_HEADER, json_response, response_body
 from temper.server.state import ServerState
 from temper.server.streaming import stream_response
 
@@ -41,7 +41,7 @@ async def generate(request: Request, body: CompletionRequest | ChatCompletionReq
         payload = await asyncio.to_thread(response_body, gen, tt, outputs)  # detokenising, too
         record.count(payload["usage"])
         record.finish(200)
-        return JSONResponse(payload, headers={WEIGHT_VERSION_HEADER: str(payload["weight_version"])})
+        return await json_response(payload, {WEIGHT_VERSION_HEADER: str(payload["weight_version"])})
 
 
 @router.post("/v1/completions")

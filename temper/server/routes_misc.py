@@ -12,6 +12,7 @@ from temper.server.errors import bad_request
 from temper.server.metrics import CONTENT_TYPE
 from temper.server.prompts import check_token_ids, message_dicts, render_chat
 from temper.server.protocol import DetokenizeRequest, TokenizeRequest
+from temper.server.responses import json_response
 from temper.server.state import ServerState
 
 router = APIRouter()
@@ -52,7 +53,7 @@ async def list_models(request: Request) -> dict:
 
 
 @router.post("/tokenize")
-async def tokenize(body: TokenizeRequest, request: Request) -> dict:
+async def tokenize(body: TokenizeRequest, request: Request) -> Response:
     state: ServerState = request.app.state.temper
     name, engine = state.model(body.model)
     if (body.prompt is None) == (body.messages is None):
@@ -64,12 +65,14 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict:
         ids = await asyncio.to_thread(engine.tokenizer.encode, body.prompt, add_special_tokens=body.add_special_tokens)
     tt = state.token_texts[name]
     strs = [tt.token_str(t) for t in ids] if body.return_token_strs else None
-    return {"count": len(ids), "max_model_len": engine.max_context, "tokens": ids, "token_strs": strs}
+    return await json_response(
+        {"count": len(ids), "max_model_len": engine.max_context, "tokens": ids, "token_strs": strs}
+    )
 
 
 @router.post("/detokenize")
-async def detokenize(body: DetokenizeRequest, request: Request) -> dict:
+async def detokenize(body: DetokenizeRequest, request: Request) -> Response:
     state: ServerState = request.app.state.temper
     _, engine = state.model(body.model)
     check_token_ids(engine, body.tokens, "tokens")
-    return {"prompt": await asyncio.to_thread(engine.tokenizer.decode, body.tokens)}
+    return await json_response({"prompt": await asyncio.to_thread(engine.tokenizer.decode, body.tokens)})
