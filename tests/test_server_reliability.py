@@ -7,12 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
-import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 
@@ -243,38 +239,13 @@ def test_engine_failures_stay_with_their_requests(tiny_model_dir):
         assert dead.status_code == 503
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sigterm_answers_everyone_and_exits_in_time(tiny_model_dir):
+    from bench.server import free_port, start_server
+
     port, grace = free_port(), 1.0
-    cmd = [
-        sys.executable,
-        "-m",
-        "temper.server.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--device",
-        "cpu",
-        "--model",
-        f"tiny={tiny_model_dir}",
-        "--shutdown-timeout",
-        str(grace),
-        "--cpu-threads",
-        "1",
-    ]
-    proc = subprocess.Popen(
-        cmd, env={**os.environ, "TEMPER_API_KEY": ""}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    proc = start_server(port, f"tiny={tiny_model_dir}", "cpu", 1, ["--shutdown-timeout", str(grace)])
     url = f"http://127.0.0.1:{port}"
     try:
-        assert wait_until(lambda: _up(url), timeout=60), (
-            proc.stderr.read().decode() if proc.poll() else "no start"
-        )
         slow = {
             "prompt": "ab",
             "max_tokens": 64,
@@ -318,10 +289,3 @@ def _timed(call) -> float:
     t0 = time.perf_counter()
     call()
     return time.perf_counter() - t0
-
-
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(url + "/health", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
