@@ -162,3 +162,12 @@ def install_error_handlers(app: FastAPI) -> None:
     for cls in (APIError, ParamError, ContextLengthError, EngineDeadError, RequestValidationError, Exception):
         app.add_exception_handler(cls, handle)
     app.add_exception_handler(StarletteHTTPException, handle_http)
+
+
+def strategy_error(exc: BaseException) -> APIError:
+    """A failure as an HTTP error: a strategy's ValueErrors come from request values its Params
+    could not check (400); anything else unknown is a bug (500)."""
+    if isinstance(exc, ValueError) and not isinstance(exc, ParamError) and not isinstance(exc, APIError):
+        log.warning("strategy rejected the request: %s", exc)
+        return bad_request(str(exc), getattr(exc, "param", None))
+    return as_api_error(exc)

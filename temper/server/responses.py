@@ -16,9 +16,9 @@ from typing import Any
 from fastapi.responses import Response
 
 from temper.decoding.strategies.completion import Completion
+from temper.server.generation import Generation
 from temper.server.logprobs import TokenLogprobs, chat_content, legacy, prompt_logprobs
-from temper.server.prompts import Generation
-from temper.server.runner import RunOutput, usage
+from temper.server.run_output import RunOutput, usage
 from temper.server.text import TokenText
 
 OBJECTS = {"completion": "text_completion", "chat": "chat.completion"}

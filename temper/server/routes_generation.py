@@ -14,7 +14,8 @@ from collections.abc import Callable
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from temper.server.prompts import Generation, build_chat, build_completion
+from temper.server.generation import Generation
+from temper.server.prompts import build_chat, build_completion
 from temper.server.protocol import ChatCompletionRequest, CompletionRequest
 from temper.server.responses import WEIGHT_VERSION_HEADER, json_response, response_body
 from temper.server.state import ServerState

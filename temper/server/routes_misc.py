@@ -10,8 +10,9 @@ from fastapi.responses import JSONResponse, Response
 
 from temper.server.errors import bad_request
 from temper.server.metrics import CONTENT_TYPE
-from temper.server.prompts import check_token_ids, message_dicts, render_chat
+from temper.server.prompts import message_dicts, render_chat
 from temper.server.protocol import DetokenizeRequest, TokenizeRequest
+from temper.server.request_checks import check_token_ids
 from temper.server.responses import json_response
 from temper.server.state import ServerState
 

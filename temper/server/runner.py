@@ -13,145 +13,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 from fastapi import Request
 
-from temper.decoding.engine import Scored, TokenDraw
-from temper.decoding.errors import ParamError
-from temper.decoding.strategies.completion import StrategyResult, fill_logprobs
+from temper.server.admission import Admission, Slot
 from temper.server.errors import (
     APIError,
     ClientGone,
     aborted,
-    as_api_error,
-    bad_request,
-    queue_full,
     request_timeout,
     shutting_down,
+    strategy_error,
 )
-from temper.server.logprobs import TokenLogprobs, choice_logprobs, echo_logprobs
-from temper.server.prompts import Generation, PromptRun
+from temper.server.events import DoneEvent, EchoEvent, Event, EventQueue, Heartbeat
+from temper.server.generation import Generation
+from temper.server.run_output import RunOutput, echo_part, execute
 from temper.server.weights import Pause, WeightGate
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-Part = tuple[str, TokenLogprobs | None]  # a text and, when asked for, its tokens' log-probs
-
-
-@dataclass(slots=True)
-class RunOutput:
-    """A finished prompt run: the strategy's result and, per completion, its final text and
-    the log-prob entries to report."""
-
-    run: PromptRun
-    result: StrategyResult
-    choices: list[Part]
-    weight_version: int  # of the weights that produced it (constant while a request runs)
-    echo: Part | None = None  # the echoed prompt, for a JSON completions request with echo
-    prompt_scored: Scored | None = None  # the prompt's own raw log-probs, for prompt_logprobs
-
-
-@dataclass(frozen=True, slots=True)
-class TokenEvent:
-    choice: int  # the choice's index in the response
-    draw: TokenDraw
-
-
-@dataclass(frozen=True, slots=True)
-class EchoEvent:
-    run: PromptRun
-    part: Part  # the echoed prompt (completions with echo), sent before its choices' tokens
-
-
-@dataclass(frozen=True, slots=True)
-class DoneEvent:
-    output: RunOutput
-
-
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
-    pass
-
-
-Event = TokenEvent | EchoEvent | DoneEvent | Heartbeat
-
-
-class Slot:
-    """One request's place in flight and its cost; released exactly once."""
-
-    def __init__(self, admission: Admission, cost: int):
-        self._admission: Admission | None = admission
-        self.cost = cost
-
-    def release(self) -> None:
-        if self._admission is not None:
-            self._admission.in_flight -= 1
-            self._admission.tokens -= self.cost
-            self._admission = None
-
-
-class Admission:
-    """Requests in flight, bounded by count (`limit`) and by their summed worst-case tokens
-    (`token_limit`; a request alone is always admitted); beyond either, 429 with Retry-After."""
-
-    def __init__(self, limit: int, retry_after: int, token_limit: int | None = None):
-        self.limit = limit
-        self.retry_after = retry_after
-        self.token_limit = token_limit
-        self.in_flight = 0
-        self.tokens = 0  # summed cost of the requests in flight
-
-    def enter(self, cost: int = 0) -> Slot:
-        over_tokens = self.token_limit is not None and self.in_flight and self.tokens + cost > self.token_limit
-        if self.in_flight >= self.limit or over_tokens:
-            raise queue_full(self.limit, self.retry_after, self.token_limit if over_tokens else None)
-        self.in_flight += 1
-        self.tokens += cost
-        return Slot(self, cost)
-
-
-def usage(outputs: Sequence[RunOutput]) -> dict[str, int]:
-    """OpenAI usage: every prompt token (the request's and those a strategy fed itself) and
-    every generated token (proposals, rollouts and anchor answers included)."""
-    prompt = sum(len(o.run.req.prompt) + o.result.extra_prompt_tokens for o in outputs)
-    completion = sum(o.result.completion_tokens for o in outputs)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def strategy_error(exc: BaseException) -> APIError:
-    """A failure as an HTTP error: a strategy's ValueErrors come from request values its Params
-    could not check (400); anything else unknown is a bug (500)."""
-    if isinstance(exc, ValueError) and not isinstance(exc, ParamError) and not isinstance(exc, APIError):
-        log.warning("strategy rejected the request: %s", exc)
-        return bad_request(str(exc), getattr(exc, "param", None))
-    return as_api_error(exc)
-
-
-async def echo_part(gen: Generation, run: PromptRun) -> Part:
-    """The echoed prompt of a completions request: its text and, k given, its log-probs."""
-    text = run.text if run.text is not None else await asyncio.to_thread(gen.engine.tokenizer.decode, run.req.prompt)
-    lp = await echo_logprobs(gen.engine, run.req.prompt, gen.logprobs) if gen.logprobs is not None else None
-    return text, lp
-
-
-async def execute(gen: Generation, run: PromptRun, on_token=None, *, echo: bool = False) -> RunOutput:
-    """Run one prompt's strategy, then give its completions the log-probs the response needs
-    (and, with `echo`, work out the echoed prompt too)."""
-    version = gen.engine.weight_version
-    result = await run.run(on_token)
-    if gen.logprobs is not None and not gen.processed:
-        await fill_logprobs(gen.engine, run.req.prompt, result.completions, gen.logprobs)
-    # detokenising (text, offsets) off the event loop: a long output takes milliseconds
-    choices = await asyncio.to_thread(choice_logprobs, gen.engine, result.completions, gen.logprobs, gen.processed)
-    out = RunOutput(run, result, choices, version, await echo_part(gen, run) if echo else None)
-    if gen.prompt_logprobs is not None:
-        (out.prompt_scored,) = await gen.engine.score([run.req.prompt], start=1, top_k=gen.prompt_logprobs, ranks=True)
-    return out
 
 
 def _retrieve(task: asyncio.Future) -> None:
@@ -374,34 +256,3 @@ class Stream:
         self.slot.release()
 
 
-class EventQueue:
-    """Where a streamed request's tasks leave their events for `Runner.events` (event loop only)."""
-
-    def __init__(self) -> None:
-        self.queue: deque[Event] = deque()
-        self.ready = asyncio.Event()
-        self.failed: list[BaseException] = []
-
-    def push(self, event: Event) -> bool:
-        self.queue.append(event)
-        self.ready.set()
-        return True  # engines call token sinks on the event loop: keep sampling
-
-    def pop(self) -> Event | None:
-        return self.queue.popleft() if self.queue else None
-
-    def sink(self, gen: Generation, run: PromptRun):
-        """The token callback of a run whose strategy streams tokens, numbering its choices."""
-        if not run.strategy.streams_tokens:
-            return None
-        base = run.index * gen.stride
-        return lambda i, draw: self.push(TokenEvent(base + i, draw))
-
-    def done(self, t: asyncio.Task) -> None:
-        if t.cancelled():
-            return
-        if t.exception() is not None:
-            self.failed.append(t.exception())
-            self.ready.set()
-        else:
-            self.push(DoneEvent(t.result()))

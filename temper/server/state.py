@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 
 from temper.decoding.engine import Engine
 from temper.decoding.strategies.base import StrategyOptions
+from temper.server.admission import Admission
 from temper.server.config import ServerConfig
 from temper.server.errors import model_not_found
+from temper.server.generation import Target
 from temper.server.metrics import Metrics
-from temper.server.prompts import Target
-from temper.server.runner import Admission, Runner
+from temper.server.runner import Runner
 from temper.server.text import TokenText
 from temper.server.weights import Pause, WeightGate
 
