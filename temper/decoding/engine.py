@@ -166,6 +166,11 @@ class ContextLengthError(ValueError):
     """A prefix plus its new tokens do not fit the model's context."""
 
 
+class EngineDeadError(RuntimeError):
+    """The engine stopped working (its process died, it can serve nothing more); the message
+    says why when known. Servers answer 503 and report unhealthy."""
+
+
 def check_fits(engine_max_context: int, spec: SampleSpec) -> None:
     """Raise ContextLengthError naming the numbers when a spec cannot fit."""
     if len(spec.prefix) >= engine_max_context:
