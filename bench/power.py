@@ -105,18 +105,20 @@ def latency_vs_plain(r: dict, particles: int) -> dict:
     }
 
 
-async def reference_mh(eng: HFEngine, prompt: list[int], alpha: float, L: int, B: int, steps: int,
-                       chains: int, seed: int) -> dict:
+async def reference_mh(eng, prompt: list[int], alpha: float, L: int, B: int, steps: int,
+                       chains: int, seed: int, reset_cache: bool = False) -> dict:
     """The reference loop (research/power_sampling.md §3.2): per block, extend to k·B, then
     `steps` times cut uniformly over the current length, regenerate the suffix in its own call
-    (prefix re-prefilled: the engine has no prefix cache), accept with the reference rule.
-    Chains run one after another."""
+    (prefix re-prefilled: the engine has no prefix cache, or `reset_cache` clears it before every
+    call), accept with the reference rule. Chains run one after another."""
     rng = np.random.default_rng(seed)
     f0, p0 = eng.stats.forward_tokens, eng.stats.forward_passes
     t = time.perf_counter()
     generated = accepted = moves = 0
 
     async def propose(prefix: list[int], max_new: int):
+        if reset_cache:
+            await clear_prefix_cache(eng)
         spec = SampleSpec(tuple(prompt + prefix), max_new, alpha=alpha, stop_ids=(),
                           seed=int(rng.integers(2**62)))
         return (await eng.sample([spec]))[0]

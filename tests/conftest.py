@@ -74,7 +74,9 @@ def toy_engine():
 # when it is not importable. The model needs head_dim 64 (vLLM's CPU attention rejects 16) and a
 # padded vocabulary id for the engine's one-pass log normaliser (Tier 2).
 
-VLLM_TEST_OPTIONS = dict(dtype="float32", max_model_len=1024, kv_cache_bytes=256 << 20, block_size=32)
+# gpu_memory_utilization: on CUDA several test engines coexist (each checks that fraction is free)
+VLLM_TEST_OPTIONS = dict(dtype="float32", max_model_len=1024, kv_cache_bytes=256 << 20, block_size=32,
+                         enforce_eager=True, gpu_memory_utilization=0.2)
 
 
 @pytest.fixture(scope="session")

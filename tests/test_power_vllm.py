@@ -68,10 +68,11 @@ def ab_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ab_engine(ab_model):
+    from conftest import VLLM_TEST_OPTIONS
+
     from temper.decoding.engines.vllm import VLLMEngine
 
-    eng = VLLMEngine.from_pretrained(str(ab_model[0]), dtype="float32", max_model_len=64, kv_cache_bytes=64 << 20,
-                                     block_size=32)
+    eng = VLLMEngine.from_pretrained(str(ab_model[0]), **{**VLLM_TEST_OPTIONS, "max_model_len": 64})
     assert eng.tier == 2 and eng.sentinel == VOCAB
     yield eng
     asyncio.run(eng.close())

@@ -300,6 +300,12 @@ class VLLMEngine:
 
         return await asyncio.gather(*(one(i) for i in range(len(seqs))))
 
+    async def on_vllm(self, fn):
+        """Await fn(async_llm) on the engine's loop: direct access to vLLM's AsyncLLM for
+        benchmarks and diagnostics (requests made this way bypass the engine's bookkeeping)."""
+        self._check_alive()
+        return await self._bg.call(fn(self._llm))
+
     # ---------------------------------------------------------------- weights and cache
 
     async def reset_prefix_cache(self) -> bool:
