@@ -87,7 +87,13 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--cuts", type=int, default=24)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads; 1 keeps timings stable on a shared 2-core machine, where a "
+                         "second OpenMP thread spinning against the engine thread slows HFEngine ~10x "
+                         "(0 = torch default); vLLM's CPU worker also runs with 1")
     a = ap.parse_args()
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rng = np.random.default_rng(0)
@@ -96,7 +102,8 @@ def main() -> None:
         path = build_model(d, hidden=a.hidden, layers=a.layers, for_vllm=a.engine == "vllm")
         eng = HFEngine.from_pretrained(str(path), device=device)
         prompt = eng.tokenizer.apply_chat_template([{"role": "user", "content": "Benchmark prompt, please."}])
-        result: dict = {"device": device, "model": {"hidden": a.hidden, "layers": a.layers},
+        result: dict = {"device": device, "torch_threads": torch.get_num_threads(),
+                        "model": {"hidden": a.hidden, "layers": a.layers},
                         "new_tokens": a.tokens, "throughput": {}}
         vllm = load_vllm(path, device) if a.engine == "vllm" else None
         for batch in (1, 16):

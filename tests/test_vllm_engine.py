@@ -159,6 +159,20 @@ async def test_context_overflow(engine):
     assert sc[0].logp.shape == (1,)
 
 
+async def test_bad_requests_are_value_errors_naming_the_field(engine):
+    p = prompt_of(engine)
+    with pytest.raises(ValueError, match="top_k"):
+        await engine.score([list(p)], 1, top_k=engine.max_logprobs + 1)
+    with pytest.raises(ValueError, match="top_logprobs"):
+        await engine.sample([SampleSpec(p, 2, top_logprobs=engine.max_logprobs + 1)])
+    engine.tier = 1  # vLLM's temperature range bounds α without the logits processor
+    with pytest.raises(ValueError, match="alpha"):
+        await engine.sample([SampleSpec(p, 2, alpha=500.0)])
+    engine.tier = 2
+    out = await engine.sample([SampleSpec(p, 2, alpha=500.0, seed=1)])  # Tier 2 has no such bound
+    assert np.all(np.isfinite(out[0].log_w))
+
+
 async def test_weight_update_from_disk(engine, vllm_model_dir, tmp_path):
     """New weights (another seed) replace the served ones between steps, the version moves and
     scores follow transformers on the new weights; a mismatching checkpoint is refused, naming
@@ -168,11 +182,22 @@ async def test_weight_update_from_disk(engine, vllm_model_dir, tmp_path):
     seq = list(prompt_of(engine, "weights")) + [100, 101, 102]
     before = (await engine.score([seq], 1))[0].logp
     v0 = engine.weight_version
+
+    def hf_logp(model_dir, s: list[int], start: int) -> np.ndarray:
+        lp = hf_logprobs(model_dir, [s])[0]
+        return lp[start - 1 : -1].gather(1, torch.tensor(s[start:])[:, None])[:, 0].numpy()
+
     try:
+        p = prompt_of(engine, "in flight")
+        in_flight = asyncio.ensure_future(engine.sample([SampleSpec(p, 60, seed=3, stop_ids=())]))
+        await asyncio.sleep(0.2)  # decoding has started: it must finish on the old weights
         assert await engine.update_weights_from_disk(other) == v0 + 1
+        old = (await in_flight)[0]
+        np.testing.assert_allclose(old.logp, hf_logp(vllm_model_dir, list(p) + old.tokens, len(p)), atol=1e-4)
+        new = (await engine.sample([SampleSpec(p, 20, seed=3, stop_ids=())]))[0]
+        np.testing.assert_allclose(new.logp, hf_logp(other, list(p) + new.tokens, len(p)), atol=1e-4)
         after = (await engine.score([seq], 1))[0].logp
-        want = hf_logprobs(other, [seq])[0][:-1].gather(1, torch.tensor(seq[1:])[:, None])[:, 0].numpy()
-        np.testing.assert_allclose(after, want, atol=1e-4)
+        np.testing.assert_allclose(after, hf_logp(other, seq, 1), atol=1e-4)
         with pytest.raises(WeightUpdateError, match="shape"):
             await engine.update_weights_from_disk(wrong)
         with pytest.raises(WeightUpdateError, match="does not exist"):

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 from vllm import TokensPrompt
+from vllm.exceptions import VLLMClientError
 from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDeadError
 
 from temper.decoding.engine import (
@@ -97,6 +98,7 @@ class VLLMEngine:
         self.default_tier = setup.tier
         self.model_path = setup.model_path
         self.runner = setup.runner  # "v1" or "v2": which logits-processor interface runs
+        self.max_logprobs = setup.max_logprobs
         self.stats: EngineStats = setup.stats
         self.weight_version = 0
         self._ids = itertools.count()
@@ -129,9 +131,14 @@ class VLLMEngine:
             raise EngineDeadError(f"engine {self.name!r}: vLLM is not running: "
                                   f"{self._dead or self._tee.reason() or 'its engine process stopped'}")
 
-    def _dead_error(self, exc: BaseException) -> EngineDeadError:
-        self._dead = self._tee.reason() or str(exc) or type(exc).__name__
-        return EngineDeadError(f"engine {self.name!r}: vLLM engine died: {self._dead}")
+    def _translate(self, exc: BaseException) -> BaseException:
+        """vLLM's errors as the protocol's: a dead engine, or a request vLLM refused (ValueError)."""
+        if isinstance(exc, VLLMEngineDeadError):
+            self._dead = self._tee.reason() or str(exc) or type(exc).__name__
+            return EngineDeadError(f"engine {self.name!r}: vLLM engine died: {self._dead}")
+        if isinstance(exc, VLLMClientError):
+            return ValueError(f"vLLM refused the request: {exc}")
+        return exc
 
     # ---------------------------------------------------------------- sample
 
@@ -163,9 +170,10 @@ class VLLMEngine:
                 await asyncio.wait_for(asyncio.shield(finished), 30)
             except (TimeoutError, asyncio.CancelledError):
                 pass
-            if isinstance(exc, VLLMEngineDeadError):
-                raise self._dead_error(exc) from None
-            raise
+            err = self._translate(exc)
+            if err is exc:
+                raise
+            raise err from None
         if any(s.deferred for s in seqs):
             await self._score_samples(seqs, tier)
             if on_token is not None:
@@ -177,6 +185,8 @@ class VLLMEngine:
         call = next(self._ids)
         seqs, params = [], []
         for i, spec in enumerate(specs):
+            if spec.top_logprobs > self.max_logprobs:
+                raise ValueError(f"top_logprobs: at most {self.max_logprobs} on this engine, got {spec.top_logprobs}")
             deferred = (tier == 1 and not spec.greedy) or spec.top_logprobs > 0
             stops = frozenset(self.eos_ids if spec.stop_ids is None else spec.stop_ids)
             seqs.append(_Seq(spec, f"{self.name}-{call}-{i}", stops, deferred))
@@ -278,6 +288,8 @@ class VLLMEngine:
     async def score(self, sequences: Sequence[Sequence[int]], start: int | Sequence[int] = 1,
                     top_k: int = 0) -> list[Scored]:
         starts = score_starts(sequences, start, self.max_context)
+        if not 0 <= top_k <= self.max_logprobs:
+            raise ValueError(f"top_k: must be in [0, {self.max_logprobs}] (the engine's max_logprobs), got {top_k}")
         if not sequences:
             return []
         self._check_alive()
@@ -285,8 +297,8 @@ class VLLMEngine:
         seqs = [list(s) for s in sequences]
         try:
             outs = await self._bg.call(self._prompt_logprobs(seqs, top_k, f"{self.name}-score-{call}"))
-        except VLLMEngineDeadError as exc:
-            raise self._dead_error(exc) from None
+        except (VLLMEngineDeadError, VLLMClientError) as exc:
+            raise self._translate(exc) from None
         return [read_scores(o.prompt_logprobs, s, s0, top_k) for o, s, s0 in zip(outs, seqs, starts, strict=True)]
 
     async def _prompt_logprobs(self, seqs: list[list[int]], top_k: int, rid: str) -> list:

@@ -50,6 +50,7 @@ class EngineSetup:
     tier: int
     runner: str
     stats: EngineStats
+    max_logprobs: int
 
 
 def one_line(exc: BaseException) -> str:
@@ -156,7 +157,7 @@ def start_engine(
         loop.stop()
         raise EngineLoadError(f"model: vLLM cannot run {path!r}: {reason}") from None
     return EngineSetup(llm, loop, tee, tokenizer, path, config.model_config.max_model_len, vocab, sentinel,
-                       tier_n, runner, stats)
+                       tier_n, runner, stats, max_logprobs)
 
 
 async def _make_llm(config, stats: EngineStats) -> AsyncLLM:
