@@ -42,14 +42,14 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$PYTHON" -c "import temper, pytest, pytest_asyncio, transformers" || die "temper or its test dependencies do not import"
 
 echo "== 1. gpu and vLLM tests (CUDA) =="
-timeout 420 "$PYTHON" -m pytest -q -x -p no:cacheprovider -m "gpu or vllm" -s \
+timeout 300 "$PYTHON" -m pytest -q -x -p no:cacheprovider -m "gpu or vllm" -s \
   tests/test_vllm_engine.py tests/test_engine_conformance.py tests/test_vllm_parts.py \
   tests/test_kernels_tempered_logits.py tests/test_kernels_tempered_sample.py tests/test_power_vllm.py \
   2>&1 | tee "$OUT/gpu_tests.log" | grep -E "passed|failed|error|TV=|max err|max abs|FAILED|Error" 
 [ "${PIPESTATUS[0]}" -eq 0 ] || fail "gpu tests (see $OUT/gpu_tests.log)"
 
 echo "== 2. GPU benchmark (Qwen2.5-1.5B shape, random weights) =="
-timeout 420 "$PYTHON" -m bench.gpu_power "$@" 2>&1 | tee "$OUT/gpu_power.log" \
+timeout 300 "$PYTHON" -m bench.gpu_power "$@" 2>&1 | tee "$OUT/gpu_power.log" \
   | grep -vE "^\(|INFO|WARNING [0-9]" 
 [ "${PIPESTATUS[0]}" -eq 0 ] || fail "benchmark (see $OUT/gpu_power.log)"
 
