@@ -100,7 +100,8 @@ class VLLMEngine:
         self.runner = setup.runner  # "v1" or "v2": which logits-processor interface runs
         self.max_logprobs = setup.max_logprobs
         self.stats: EngineStats = setup.stats
-        self.weight_version = 0
+        self.weight_version = 0  # weight updates applied so far
+        self._weights_lock = asyncio.Lock()
         self._ids = itertools.count()
         self._dead: str | None = None
 
@@ -333,24 +334,25 @@ class VLLMEngine:
         files = safetensors_files(path)
         check_update(files, safetensors_files(self.model_path))
         self._check_alive()
-        await self._bg.call(self._swap_weights(files))
-        self.weight_version += 1
-        return self.weight_version
+        return await self._bg.call(self._swap_weights(files))
 
-    async def _swap_weights(self, files: list[Path]) -> None:
+    async def _swap_weights(self, files: list[Path]) -> int:
         import tempfile
 
-        await self._llm.pause_generation(mode="wait", clear_cache=True)
-        try:
-            # reload_weights reads a directory: stage the files as symlinks in a fresh one
-            with tempfile.TemporaryDirectory(prefix="temper-weights-") as d:
-                for f in files:
-                    os.symlink(f.resolve(), Path(d) / f.name)
-                await self._llm.collective_rpc("reload_weights", kwargs={"weights_path": d,
-                                                                         "is_checkpoint_format": True})
-            await self._llm.reset_prefix_cache()
-        finally:
-            await self._llm.resume_generation()
+        async with self._weights_lock:  # one update at a time (background loop)
+            await self._llm.pause_generation(mode="wait", clear_cache=True)
+            try:
+                # reload_weights reads a directory: stage the files as symlinks in a fresh one
+                with tempfile.TemporaryDirectory(prefix="temper-weights-") as d:
+                    for f in files:
+                        os.symlink(f.resolve(), Path(d) / f.name)
+                    await self._llm.collective_rpc("reload_weights", kwargs={"weights_path": d,
+                                                                             "is_checkpoint_format": True})
+                await self._llm.reset_prefix_cache()
+                self.weight_version += 1  # before any request runs on the new weights
+                return self.weight_version
+            finally:
+                await self._llm.resume_generation()
 
     async def _shutdown(self) -> None:
         # the output handler first: stopping the engine processes under it logs a false alarm
