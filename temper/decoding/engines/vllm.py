@@ -25,10 +25,8 @@ import logging
 import os
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from vllm import TokensPrompt
 from vllm.exceptions import VLLMClientError
 from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDeadError
@@ -40,7 +38,6 @@ from temper.decoding.engine import (
     SampleSpec,
     Scored,
     TokenCallback,
-    TokenDraw,
     check_fits,
     score_starts,
 )
@@ -48,39 +45,13 @@ from temper.decoding.engines.background_loop import BackgroundLoop
 from temper.decoding.engines.checkpoint import check_update, safetensors_files
 from temper.decoding.engines.hf_tokenizer import HFTokenizer
 from temper.decoding.engines.output_tee import OutputTee
-from temper.decoding.engines.vllm_params import decode_tokens, read_scores, sample_params, score_params
+from temper.decoding.engines.vllm_params import read_scores, sample_params, score_params
+from temper.decoding.engines.vllm_sequence import SeqState
 from temper.decoding.engines.vllm_start import EngineSetup, start_engine
 
 log = logging.getLogger(__name__)
 SEED_MASK = 2**63 - 1
-
-
-@dataclass(eq=False)
-class _Seq:
-    """One spec in flight, on the caller's side."""
-
-    spec: SampleSpec
-    rid: str
-    stops: frozenset[int]
-    deferred: bool  # needs the scoring pass before its callbacks can run
-    tokens: list[int] = field(default_factory=list)
-    logp: list[float] = field(default_factory=list)
-    logq: list[float] = field(default_factory=list)
-    log_w: list[float] = field(default_factory=list)
-    reason: str = "length"
-    cut: bool = False  # a callback ended it
-    done: bool = False
-    cached: int = 0
-    top: Scored | None = None
-
-    def result(self) -> Sample:
-        arr = [np.asarray(x, dtype=np.float32) for x in (self.logp, self.logq, self.log_w)]
-        s = Sample(list(self.tokens), *arr, finish_reason=self.reason,
-                   computed_prefix_tokens=len(self.spec.prefix) - self.cached, cached_prefix_tokens=self.cached,
-                   forward_passes=len(self.tokens))
-        if self.top is not None:
-            s.top_ids, s.top_logps = self.top.top_ids, self.top.top_logps
-        return s
+NO_REASON = "its engine process stopped without logging an error (killed? out of memory?)"
 
 
 class VLLMEngine:
@@ -130,12 +101,13 @@ class VLLMEngine:
             raise EngineDeadError(f"engine {self.name!r}: closed")
         if not self.healthy:
             raise EngineDeadError(f"engine {self.name!r}: vLLM is not running: "
-                                  f"{self._dead or self._tee.reason() or 'its engine process stopped'}")
+                                  f"{self._dead or self._tee.reason() or NO_REASON}")
 
     def _translate(self, exc: BaseException) -> BaseException:
         """vLLM's errors as the protocol's: a dead engine, or a request vLLM refused (ValueError)."""
         if isinstance(exc, VLLMEngineDeadError):
-            self._dead = self._tee.reason() or str(exc) or type(exc).__name__
+            # vLLM's own message only points at its log: give the log's root cause instead
+            self._dead = self._tee.reason() or NO_REASON
             return EngineDeadError(f"engine {self.name!r}: vLLM engine died: {self._dead}")
         if isinstance(exc, VLLMClientError):
             return ValueError(f"vLLM refused the request: {exc}")
@@ -178,11 +150,13 @@ class VLLMEngine:
         if any(s.deferred for s in seqs):
             await self._score_samples(seqs, tier)
             if on_token is not None:
-                self._deliver_deferred(seqs, on_token)
+                for i, s in enumerate(seqs):
+                    if s.deferred:
+                        s.deliver(i, on_token)
         return [s.result() for s in seqs]
 
-    def _plan(self, specs: Sequence[SampleSpec], tier: int, streaming: bool) -> tuple[list[_Seq], list]:
-        """One _Seq and one vLLM SamplingParams per spec."""
+    def _plan(self, specs: Sequence[SampleSpec], tier: int, streaming: bool) -> tuple[list[SeqState], list]:
+        """One SeqState and one vLLM SamplingParams per spec."""
         call = next(self._ids)
         seqs, params = [], []
         for i, spec in enumerate(specs):
@@ -190,7 +164,7 @@ class VLLMEngine:
                 raise ValueError(f"top_logprobs: at most {self.max_logprobs} on this engine, got {spec.top_logprobs}")
             deferred = (tier == 1 and not spec.greedy) or spec.top_logprobs > 0
             stops = frozenset(self.eos_ids if spec.stop_ids is None else spec.stop_ids)
-            seqs.append(_Seq(spec, f"{self.name}-{call}-{i}", stops, deferred))
+            seqs.append(SeqState(spec, f"{self.name}-{call}-{i}", stops, deferred))
             seed = spec.seed if spec.seed is not None else secrets.randbits(63)
             params.append(sample_params(
                 spec, tier=tier, max_tokens=min(spec.max_new_tokens, self.max_context - len(spec.prefix)),
@@ -198,7 +172,7 @@ class VLLMEngine:
                 stream=streaming and not deferred))
         return seqs, params
 
-    async def _generate(self, seqs: list[_Seq], params: list, post, closed) -> None:
+    async def _generate(self, seqs: list[SeqState], params: list, post, closed) -> None:
         """Background loop: one vLLM stream per spec, every output posted to the caller."""
 
         async def one(i: int) -> None:
@@ -220,7 +194,7 @@ class VLLMEngine:
         finally:
             closed()
 
-    async def _collect(self, seqs: list[_Seq], inbox: asyncio.Queue, on_token: TokenCallback | None,
+    async def _collect(self, seqs: list[SeqState], inbox: asyncio.Queue, on_token: TokenCallback | None,
                        tier: int) -> None:
         """Caller's loop: fold outputs into the sequences, run callbacks, until all are done."""
         remaining = len(seqs)
@@ -235,54 +209,18 @@ class VLLMEngine:
                 continue
             if seq.cut:
                 continue  # outputs that were in flight when a callback stopped it
-            if not seq.tokens:
-                seq.cached = out.num_cached_tokens or 0
-            o = out.outputs[0]
-            first = len(seq.tokens)
-            new = list(o.token_ids)
-            # FINAL_ONLY outputs carry the whole sample, DELTA outputs only the new tokens
-            offset = 0 if len(o.logprobs) == len(new) else first
-            lp, lq, lw = decode_tokens(seq.spec, new, o.logprobs, offset, tier=tier, sentinel=self.sentinel,
-                                       vocab_size=self.vocab_size)
-            for j, tok in enumerate(new):
-                seq.tokens.append(tok)
-                seq.logp.append(lp[j])
-                seq.logq.append(lq[j])
-                seq.log_w.append(lw[j])
-                if on_token is not None and not seq.deferred and not on_token(i, TokenDraw(tok, lp[j])):
-                    seq.cut, seq.reason = True, "stop"
-                    self._bg.submit(self._llm.abort(seq.rid))
-                    break
-            if o.finish_reason is not None and not seq.cut:
-                seq.reason = "stop" if o.finish_reason == "stop" else o.finish_reason
+            if seq.fold(out, tier=tier, sentinel=self.sentinel, vocab_size=self.vocab_size,
+                        on_token=None if seq.deferred else on_token, index=i):
+                self._bg.submit(self._llm.abort(seq.rid))  # a callback ended it: stop vLLM too
 
-    async def _score_samples(self, seqs: list[_Seq], tier: int) -> None:
+    async def _score_samples(self, seqs: list[SeqState], tier: int) -> None:
         """The scoring pass: raw logp (Tier 1: then log_w = α·logp − logq) and top-k."""
         need = [s for s in seqs if s.deferred and s.tokens]
         k = max((s.spec.top_logprobs for s in need), default=0)
         scored = await self.score([list(s.spec.prefix) + s.tokens for s in need],
                                   [len(s.spec.prefix) for s in need], top_k=k)
         for s, sc in zip(need, scored, strict=True):
-            if not s.spec.greedy and tier == 1:
-                s.logp = sc.logp.tolist()
-                s.log_w = (s.spec.alpha * sc.logp.astype(np.float64) - np.asarray(s.logq)).tolist()
-            if s.spec.top_logprobs:
-                kk = s.spec.top_logprobs
-                s.top = Scored(sc.logp, sc.top_ids[:, :kk], sc.top_logps[:, :kk])
-
-    def _deliver_deferred(self, seqs: list[_Seq], on_token: TokenCallback) -> None:
-        for i, s in enumerate(seqs):
-            if not s.deferred:
-                continue
-            for j, tok in enumerate(s.tokens):
-                top = (s.top.top_ids[j], s.top.top_logps[j]) if s.top is not None else (None, None)
-                if not on_token(i, TokenDraw(tok, float(s.logp[j]), *top)):
-                    n = j + 1
-                    s.tokens, s.logp, s.logq, s.log_w = s.tokens[:n], s.logp[:n], s.logq[:n], s.log_w[:n]
-                    if s.top is not None:
-                        s.top = Scored(s.top.logp[:n], s.top.top_ids[:n], s.top.top_logps[:n])
-                    s.reason = "stop"
-                    break
+            s.apply_scores(sc, tier)
 
     # ---------------------------------------------------------------- score
 
