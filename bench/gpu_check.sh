@@ -37,7 +37,8 @@ if not vllm.__version__.startswith("0.33"):
 EOF
 # temper itself: importable from the tree (no network needed), its test deps present
 "$PYTHON" -c "import temper, pytest, pytest_asyncio, transformers" 2>/dev/null \
-  || "$PYTHON" -m pip install -q -e ".[dev]" --no-deps || true
+  || "$PYTHON" -m pip install -q -e ".[dev]" \
+  || echo "gpu_check: could not pip install temper's dev extras (offline?); trying the tree as it is"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$PYTHON" -c "import temper, pytest, pytest_asyncio, transformers" || die "temper or its test dependencies do not import"
 
@@ -45,12 +46,12 @@ echo "== 1. gpu and vLLM tests (CUDA) =="
 timeout 300 "$PYTHON" -m pytest -q -x -p no:cacheprovider -m "gpu or vllm" -s \
   tests/test_vllm_engine.py tests/test_engine_conformance.py tests/test_vllm_parts.py \
   tests/test_kernels_tempered_logits.py tests/test_kernels_tempered_sample.py tests/test_power_vllm.py \
-  2>&1 | tee "$OUT/gpu_tests.log" | grep -E "passed|failed|error|TV=|max err|max abs|FAILED|Error" 
+  2>&1 | tee "$OUT/gpu_tests.log" | grep -E "passed|failed|error|TV=|max err|max abs|FAILED|Error"
 [ "${PIPESTATUS[0]}" -eq 0 ] || fail "gpu tests (see $OUT/gpu_tests.log)"
 
 echo "== 2. GPU benchmark (Qwen2.5-1.5B shape, random weights) =="
 timeout 300 "$PYTHON" -m bench.gpu_power "$@" 2>&1 | tee "$OUT/gpu_power.log" \
-  | grep -vE "^\(|INFO|WARNING [0-9]" 
+  | grep -vE "^\(|INFO|WARNING [0-9]"
 [ "${PIPESTATUS[0]}" -eq 0 ] || fail "benchmark (see $OUT/gpu_power.log)"
 
 [ "$FAILED" -eq 0 ] && echo "gpu_check: all passed" || exit 1
