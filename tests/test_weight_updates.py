@@ -100,7 +100,7 @@ def test_bad_checkpoints_are_400s_and_change_nothing(server, tmp_path):
     save_file({"not.a.parameter": torch.zeros(3)}, str(tmp_path / "name.safetensors"))
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     cases = [
-        (str(tmp_path / "missing"), "no checkpoint"),
+        (str(tmp_path / "missing"), "does not exist"),
         (str(tmp_path / "shape.safetensors"), "model.embed_tokens.weight"),
         (str(tmp_path / "name.safetensors"), "not.a.parameter"),
         (str(tmp_path / "junk.safetensors"), "cannot read"),

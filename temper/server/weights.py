@@ -51,8 +51,8 @@ class WeightGate:
             self._readers -= 1
             self._changed.set()
 
-    @asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
+    async def acquire_exclusive(self) -> None:
+        """Wait for the running requests to finish (holding new ones back), then hold alone."""
         self._writers_waiting += 1
         try:
             await self._until(lambda: not self._writing and self._readers == 0)
@@ -60,11 +60,22 @@ class WeightGate:
             self._writers_waiting -= 1
             self._changed.set()
         self._writing = True
+
+    def release_exclusive(self) -> None:
+        self._writing = False
+        self._changed.set()
+
+    @property
+    def held_exclusive(self) -> bool:
+        return self._writing
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        await self.acquire_exclusive()
         try:
             yield
         finally:
-            self._writing = False
-            self._changed.set()
+            self.release_exclusive()
 
 
 class Pause:
