@@ -28,6 +28,9 @@ class Completion:
     top_logps: np.ndarray | None = None  # [T, k]
     text: str | None = None  # set when the strategy cut the text itself (stop strings)
     metadata: dict[str, Any] = field(default_factory=dict)
+    # [T] log-probs of `tokens` under the distribution actually sampled (temperature, top-k and
+    # top-p applied), when the strategy drew each token from one (`sample`); None otherwise
+    logq: np.ndarray | None = None
 
 
 @dataclass(slots=True)

@@ -60,7 +60,7 @@ async def sample_completions(
     return [
         apply_stops(
             req.engine.tokenizer,
-            Completion(list(smp.tokens), smp.finish_reason, smp.logp, smp.top_ids, smp.top_logps),
+            Completion(list(smp.tokens), smp.finish_reason, smp.logp, smp.top_ids, smp.top_logps, logq=smp.logq),
             s.stop,
         )
         for smp in samples
