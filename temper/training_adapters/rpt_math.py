@@ -47,7 +47,8 @@ def topk_entropy(top_logprobs: np.ndarray) -> np.ndarray:
 
 def final_prediction(text: str, think_end: str = THINK_END) -> tuple[str | None, str]:
     """The content of the last complete \\boxed{...} after the last `think_end`, verbatim: no
-    whitespace is stripped (a leading space is part of a token) and braces may nest. Returns
+    whitespace is stripped (a leading space is part of a token) and braces may nest, so a token
+    that is a lone brace cannot be predicted (the paper's format has no escape for it). Returns
     (prediction, "ok") or (None, why there is none)."""
     cut = text.rfind(think_end)
     if cut < 0:
