@@ -37,6 +37,7 @@ class ScriptedEngine:
         self.tokenizer = ByteTokenizer()
         self.eos_ids = self.tokenizer.eos_ids
         self.stats = EngineStats()
+        self.weight_version = 0
         self.prompts: list[str] = []
 
     async def sample(self, specs: Sequence[SampleSpec], on_token=None) -> list[Sample]:
@@ -59,6 +60,12 @@ class ScriptedEngine:
     async def score(self, sequences, start=1, top_k=0) -> list[Scored]:
         starts = score_starts(sequences, start, self.max_context)
         return [Scored(np.zeros(len(s) - s0, np.float32)) for s, s0 in zip(sequences, starts, strict=True)]
+
+    async def load_weights(self, path: str) -> None:
+        raise RuntimeError("a scripted engine has no weights")
+
+    async def reset_prefix_cache(self) -> bool:
+        return True
 
     async def close(self) -> None:
         return None

@@ -11,6 +11,14 @@ Per generated token a sample carries, in float32:
                                           normaliser of p^α at that position (≤ 0 for α ≥ 1)
 MH acceptance and SMC weights need nothing else (research/power_sampling.md §2.3).
 
+Log-prob alternatives (top_logprobs) come in one of two modes, per spec, as vLLM's
+`--logprobs-mode`: "raw" (log_softmax of the model's logits) or "processed" (log-probs under q,
+the distribution actually sampled: temperature and top-k / top-p applied, −inf outside the
+kept set). Scoring is always raw.
+
+Weights can change while an engine serves (RL training loops): `load_weights` swaps them between
+steps and clears the prefix cache; `weight_version` counts the swaps.
+
 This module holds the protocol and plain data types only; no engine lives here.
 """
 
@@ -30,13 +38,15 @@ FinishReason = Literal["stop", "length", "abort"]
 
 @dataclass(frozen=True, slots=True)
 class TokenDraw:
-    """One token as it is appended, for streaming: its id, raw log-prob, and the top
-    alternatives (raw log-probs) when the spec asked for top_logprobs."""
+    """One token as it is appended, for streaming: its id, raw log-prob, its log-prob under
+    the distribution sampled, and the top alternatives (in the spec's logprobs_mode) when the
+    spec asked for top_logprobs."""
 
     token: int
     logp: float
     top_ids: np.ndarray | None = None  # [k] int64
     top_logps: np.ndarray | None = None  # [k] float32
+    logq: float | None = None  # None: the engine did not say (treat as unknown)
 
 
 # Called by an engine for every token it appends: (spec index in the call, the draw).
@@ -56,7 +66,8 @@ class SampleSpec:
     top_p: float = 1.0  # 1 = off; nucleus over q (after the temperature), as vLLM
     stop_ids: tuple[int, ...] | None = None  # None = the engine's eos ids; () = never stop early
     seed: int | None = None  # per-spec; same seed + same prefix = same tokens, whatever the batch
-    top_logprobs: int = 0  # also return the k most likely raw log-probs per generated token
+    top_logprobs: int = 0  # also return the k most likely alternatives per generated token
+    logprobs_mode: Literal["raw", "processed"] = "raw"  # what the alternatives are log-probs of
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prefix", tuple(int(t) for t in self.prefix))
@@ -72,6 +83,8 @@ class SampleSpec:
             raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
         if self.top_logprobs < 0:
             raise ValueError(f"top_logprobs: must be >= 0, got {self.top_logprobs}")
+        if self.logprobs_mode not in ("raw", "processed"):
+            raise ValueError(f"logprobs_mode: must be 'raw' or 'processed', got {self.logprobs_mode!r}")
 
     @property
     def greedy(self) -> bool:
@@ -88,7 +101,7 @@ class Sample:
     log_w: np.ndarray  # [T] float32
     finish_reason: FinishReason
     top_ids: np.ndarray | None = None  # [T, k] int64, when spec.top_logprobs > 0
-    top_logps: np.ndarray | None = None  # [T, k] float32
+    top_logps: np.ndarray | None = None  # [T, k] float32, in spec.logprobs_mode
     computed_prefix_tokens: int = 0  # prefix tokens run through the model (not from cache)
     cached_prefix_tokens: int = 0  # prefix tokens whose KV came from the prefix cache
     forward_passes: int = 0  # model forward calls this sample took part in
@@ -104,6 +117,7 @@ class Scored:
     logp: np.ndarray  # [L - start] float32
     top_ids: np.ndarray | None = None  # [L - start, k] int64
     top_logps: np.ndarray | None = None  # [L - start, k] float32
+    ranks: np.ndarray | None = None  # [L - start] int64 (ranks=True): 1 + tokens scoring higher
 
 
 @dataclass(slots=True)
@@ -147,6 +161,7 @@ class Engine(Protocol):
     eos_ids: tuple[int, ...]
     max_context: int  # prefix + new tokens may not exceed this
     stats: EngineStats
+    weight_version: int  # 0 at start, +1 per load_weights
 
     async def sample(
         self, specs: Sequence[SampleSpec], on_token: TokenCallback | None = None
@@ -156,9 +171,26 @@ class Engine(Protocol):
         ...
 
     async def score(
-        self, sequences: Sequence[Sequence[int]], start: int | Sequence[int] = 1, top_k: int = 0
+        self,
+        sequences: Sequence[Sequence[int]],
+        start: int | Sequence[int] = 1,
+        top_k: int = 0,
+        ranks: bool = False,
     ) -> list[Scored]:
-        """Raw log-probs of sequence[start:] for each sequence (start ≥ 1)."""
+        """Raw log-probs of sequence[start:] for each sequence (start ≥ 1); with `ranks`, each
+        scored token's rank in its distribution (vLLM's: 1 + how many tokens have a higher
+        log-prob)."""
+        ...
+
+    async def load_weights(self, path: str) -> None:
+        """Swap in the weights of a checkpoint (a directory of .safetensors files or one file)
+        between steps, clear the prefix cache and bump `weight_version`. Every name and shape
+        is checked before anything changes: a ParamError naming the first mismatch leaves the
+        served weights as they were."""
+        ...
+
+    async def reset_prefix_cache(self) -> bool:
+        """Drop every cached prefix; True when the cache is empty afterwards."""
         ...
 
     async def close(self) -> None: ...

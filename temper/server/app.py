@@ -19,10 +19,11 @@ from temper.server.auth import require_api_key
 from temper.server.config import ServerConfig
 from temper.server.errors import install_error_handlers
 from temper.server.metrics import HTTPMetricsMiddleware
-from temper.server.models import check_engines, load_engines
+from temper.server.models import ModelLoadError, check_engines, load_engines
 from temper.server.routes_generation import router as generation_router
 from temper.server.routes_misc import open_router
 from temper.server.routes_misc import router as misc_router
+from temper.server.routes_rl import router as rl_router
 from temper.server.routes_scoring import router as scoring_router
 from temper.server.state import ServerState
 
@@ -34,7 +35,10 @@ def create_app(config: ServerConfig | None = None, engines: Mapping[str, Engine]
     options = config.strategy_options()  # validated before any model loads
     owns_engines = engines is None
     engines = check_engines(load_engines(config) if engines is None else engines)
-    state = ServerState(config, engines, options)
+    try:
+        state = ServerState(config, engines, options)
+    except ValueError as exc:  # --frozen naming no served model
+        raise ModelLoadError(str(exc)) from None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -51,7 +55,7 @@ def create_app(config: ServerConfig | None = None, engines: Mapping[str, Engine]
     install_error_handlers(app)
     app.include_router(open_router)
     auth = [Depends(require_api_key)]
-    for router in (generation_router, scoring_router, misc_router):
+    for router in (generation_router, scoring_router, rl_router, misc_router):
         app.include_router(router, dependencies=auth)
     app.add_middleware(HTTPMetricsMiddleware, metrics=state.metrics)
     return app

@@ -19,6 +19,7 @@ from temper.decoding.strategies.base import DEFAULT_MAX_SEQUENCES, StrategyOptio
 
 API_KEY_ENV = "TEMPER_API_KEY"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+LOGPROBS_MODES = ("raw_logprobs", "processed_logprobs")
 
 
 def _opt(help: str, default: Any = MISSING, **kw: Any) -> Any:
@@ -67,6 +68,24 @@ class ServerConfig:
         None,
         meta={"metavar": "TEXT|FILE"},
     )
+    logprobs_mode: str = _opt(
+        "What `logprobs` report, as vLLM's flag: raw_logprobs (the model's own log-probs, "
+        "temperature 1, full vocabulary) or processed_logprobs (those of the distribution actually "
+        "sampled: temperature and top-k/top-p applied; what importance-sampling RL trainers need). "
+        "prompt_logprobs and /v1/logprobs are always raw.",
+        "raw_logprobs",
+    )
+    max_logprobs: int = _opt(
+        "Most log-prob alternatives a request may ask for (logprobs, top_logprobs, "
+        "prompt_logprobs), as vLLM's flag; -1 = the whole vocabulary.",
+        20,
+    )
+    frozen: list[str] = _opt(
+        "A served model whose weights may not change (weight updates to it answer 409): a CaT "
+        "anchor or a distillation teacher. Repeatable.",
+        default_factory=list,
+        meta={"metavar": "NAME", "repeat": True},
+    )
     max_sequences: int = _opt(
         "Most sequences one power-sampling request may keep in flight (n × particles, or n × "
         "proposals per MH step); larger requests get a 400.",
@@ -94,6 +113,8 @@ class ServerConfig:
             (self.request_timeout >= 0, f"request_timeout: must be >= 0, got {self.request_timeout}"),
             (self.heartbeat_interval > 0, f"heartbeat_interval: must be > 0, got {self.heartbeat_interval}"),
             (self.max_batch >= 1, f"max_batch: must be >= 1, got {self.max_batch}"),
+            (self.logprobs_mode in LOGPROBS_MODES, f"logprobs_mode: must be one of {', '.join(LOGPROBS_MODES)}"),
+            (self.max_logprobs >= -1, f"max_logprobs: must be >= -1, got {self.max_logprobs}"),
             (self.max_sequences >= 1, f"max_sequences: must be >= 1, got {self.max_sequences}"),
             (self.prefix_cache_tokens >= 0, "prefix_cache_tokens: must be >= 0"),
             (self.max_context is None or self.max_context >= 2, "max_context: must be >= 2"),

@@ -93,6 +93,10 @@ def request_timeout(seconds: float) -> APIError:
     )
 
 
+def aborted() -> APIError:
+    return APIError(503, "The request was aborted by /pause?mode=abort; retry once the server resumes.")
+
+
 def unauthorized() -> APIError:
     return APIError(
         401, "Invalid or missing API key: send 'Authorization: Bearer <key>'.", headers={"WWW-Authenticate": "Bearer"}
@@ -126,6 +130,9 @@ def _from_validation(exc: RequestValidationError) -> APIError:
         loc = loc[1:]
     if err.get("type") == "json_invalid":
         return bad_request(f"Invalid JSON body: {err.get('msg', '')}", None)
+    if err.get("type") == "extra_forbidden":
+        param = ".".join(str(p) for p in loc) or None
+        return bad_request(f"{param}: unknown field; this server does not support it", param)
     parts: list[str] = []
     for p in loc:
         if isinstance(p, str) and (p in _TAGS or any(c in p for c in _TAG_CHARS)):

@@ -32,6 +32,14 @@ KNOWN_ROUTES = (
     "/detokenize",
     "/health",
     "/metrics",
+    "/get_world_size",
+    "/reset_prefix_cache",
+    "/pause",
+    "/resume",
+    "/is_paused",
+    "/server_info",
+    "/weight_info",
+    "/update_weights_from_disk",
 )
 
 

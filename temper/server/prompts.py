@@ -57,6 +57,11 @@ class Generation:
     echo: bool = False
     stream: bool = False
     include_usage: bool = False
+    processed: bool = False  # log-probs of the distribution sampled (--logprobs-mode processed_logprobs)
+    prompt_logprobs: int | None = None  # vLLM's prompt_logprobs: the prompt's own log-probs + top-k
+    return_token_ids: bool = False  # prompt_token_ids and token_ids in the response
+    as_ids: bool = False  # log-prob tokens read "token_id:<id>"
+    request_id: str | None = None  # the client's id for the response (vLLM's request_id)
 
     @property
     def strategy(self) -> Strategy:
@@ -66,31 +71,79 @@ class Generation:
 # ------------------------------------------------------------------------------ request checks
 
 
-def reject_unsupported(body: BaseModel) -> None:
+# Fields temper knows but does not implement, and the values that mean "off" (accepted).
+NEUTRAL: dict[str, tuple] = {
+    "min_p": (None, 0, 0.0),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "repetition_penalty": (None, 1, 1.0),
+    "logit_bias": (None, {}),
+    "min_tokens": (None, 0),
+    "skip_special_tokens": (None, True),
+    "spaces_between_special_tokens": (None, True),
+    "include_stop_str_in_output": (None, False),
+    "allowed_token_ids": (None,),
+    "bad_words": (None, []),
+    "logprob_token_ids": (None,),
+    "structured_outputs": (None,),
+    "use_beam_search": (None, False),
+    "length_penalty": (None, 1, 1.0),
+    "truncate_prompt_tokens": (None,),
+    "priority": (None, 0),
+    "cache_salt": (None,),
+    "vllm_xargs": (None, {}),
+    "kv_transfer_params": (None,),
+}
+COMPLETION_NEUTRAL: dict[str, tuple] = {"best_of": (None, 1), "suffix": (None, "")}
+CHAT_NEUTRAL: dict[str, tuple] = {
+    "tools": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "parallel_tool_calls": (None, True, False),
+    "continue_final_message": (None, False),
+    "echo": (None, False),
+    "add_special_tokens": (None, False),
+    "chat_template": (None,),
+    "chat_template_kwargs": (None, {}),
+    "documents": (None, []),
+    "reasoning_effort": (None,),
+    "store": (None, False),
+}
+
+
+def reject_unsupported(body: GenerationRequest, neutral: Mapping[str, tuple]) -> None:
     """400 for fields we cannot honour, unless they hold their neutral value."""
-    neutral = {
-        "presence_penalty": (None, 0, 0.0),
-        "frequency_penalty": (None, 0, 0.0),
-        "repetition_penalty": (None, 1, 1.0),
-        "logit_bias": (None, {}),
-        "best_of": (None, 1),
-        "suffix": (None, ""),
-        "tools": (None, []),
-        "tool_choice": (None, "none", "auto"),
-    }
-    for name, ok in neutral.items():
-        v = getattr(body, name, None)
+    for name, ok in {**NEUTRAL, **neutral}.items():
+        v = getattr(body, name)
         if v not in ok:
-            raise bad_request(f"{name}: not supported by this server", name)
-    fmt = getattr(body, "response_format", None)
+            raise bad_request(f"{name}: {v!r} is not supported by this server (only {ok[-1]!r})", name)
+    fmt = body.response_format
     if fmt is not None and fmt.get("type", "text") != "text":
         raise bad_request("response_format: only {'type': 'text'} is supported", "response_format")
-    if getattr(body, "stream_options", None) is not None and not body.stream:
-        raise bad_request("stream_options: only allowed when stream is true", "stream_options")
+    if body.stream_options is not None:
+        if not body.stream:
+            raise bad_request("stream_options: only allowed when stream is true", "stream_options")
+        if body.stream_options.continuous_usage_stats:
+            raise bad_request("stream_options.continuous_usage_stats: not supported", "stream_options")
+
+
+def check_logprob_fields(body: GenerationRequest, k: int | None, k_param: str, target: Target) -> None:
+    """vLLM's limits on log-prob requests: at most --max-logprobs alternatives (-1 = no cap;
+    a request's -1 asks for the whole vocabulary), and no prompt_logprobs in a stream."""
+    p = body.prompt_logprobs
+    if p is not None and p < 0 and p != -1:
+        raise bad_request("prompt_logprobs: must be a positive value or -1", "prompt_logprobs")
+    if p is not None and body.stream:
+        raise bad_request("prompt_logprobs: not available when stream is true", "prompt_logprobs")
+    cap = target.max_logprobs
+    for name, want in ((k_param, k), ("prompt_logprobs", p)):
+        want = target.cap(want)
+        if want is not None and cap != -1 and want > cap:
+            raise bad_request(f"{name}: {want} requested, more than this server's --max-logprobs {cap}", name)
 
 
 def sampling_settings(
     body: GenerationRequest,
+    target: Target,
     *,
     max_tokens: int | None,
     logprobs: int | None,
@@ -106,6 +159,8 @@ def sampling_settings(
         "stop": body.stop_list(),
         "logprobs": logprobs is not None,
         "top_logprobs": logprobs or 0,
+        "logprobs_mode": "processed" if target.processed else "raw",
+        "ignore_eos": body.ignore_eos,
     }
     for name in ("temperature", "top_p", "top_k", "n", "seed", "stop_token_ids"):
         v = getattr(body, name)
@@ -213,10 +268,25 @@ def render_chat(engine: Engine, messages: list[dict[str, str]], add_generation_p
 # --------------------------------------------------------------------------------- generation
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The served model a request runs on, the others (anchors, teachers), and what the server
+    allows: strategy options, the log-prob cap and mode."""
+
+    name: str
+    engine: Engine
+    engines: Mapping[str, Engine]
+    options: StrategyOptions
+    max_logprobs: int = 20  # -1 = the whole vocabulary
+    processed: bool = False  # --logprobs-mode processed_logprobs
+
+    def cap(self, k: int | None) -> int | None:
+        """vLLM's -1 (every token) as a count."""
+        return self.engine.tokenizer.vocab_size if k == -1 else k
+
+
 def prompt_runs(
-    engine: Engine,
-    engines: Mapping[str, Engine],
-    options: StrategyOptions,
+    target: Target,
     prompts: Sequence[tuple[list[int], str | None]],
     settings: SamplingSettings,
     decoding: Mapping[str, Any] | None,
@@ -225,53 +295,77 @@ def prompt_runs(
     """One PromptRun per prompt, all with the request's strategy (validated once), checked by
     the strategy before any engine work; and the choices per prompt."""
     strategy, params = parse_decoding(decoding)
+    if settings.logprobs and target.processed and not strategy.sampled_logprobs(params):
+        raise bad_request(
+            f"logprobs: this server reports processed log-probs (--logprobs-mode processed_logprobs), and "
+            f"strategy {strategy.name!r} has none: its answers are chosen over whole responses, not drawn "
+            "token by token. Ask for raw log-probs from a server in raw_logprobs mode, or use /v1/logprobs.",
+            "logprobs",
+        )
     settings = strategy.settings(settings, params)
     runs = []
     for i, (ids, text) in enumerate(prompts):
         req = DecodeRequest(
             prompt=list(ids),
             settings=settings,
-            engine=engine,
-            engines=engines,
+            engine=target.engine,
+            engines=target.engines,
             prompt_text=question if question is not None else text,
-            options=options,
+            options=target.options,
         )
         strategy.check(req, params)
         runs.append(PromptRun(req, strategy, params, i, text))
     return runs, settings.n
 
 
-def build_completion(
-    name: str, engine: Engine, engines: Mapping[str, Engine], options: StrategyOptions, body: CompletionRequest
-) -> Generation:
-    """/v1/completions: text or token-id prompts (one or many), echo, legacy log-probs."""
-    reject_unsupported(body)
-    k = body.logprobs
-    settings = sampling_settings(body, max_tokens=body.max_tokens, logprobs=k, aliases={"top_logprobs": "logprobs"})
-    prompts = encode_prompts(engine, body.prompt)
-    for ids, _ in prompts:
-        check_prompt(engine, ids, settings.max_tokens, "prompt")
-    runs, stride = prompt_runs(engine, engines, options, prompts, settings, body.decoding)
+def generation(target: Target, kind, body: GenerationRequest, runs, stride: int, k: int | None, **kw) -> Generation:
     return Generation(
-        "completion", name, engine, runs, stride, k, bool(body.echo), bool(body.stream), body.include_usage()
+        kind,
+        target.name,
+        target.engine,
+        runs,
+        stride,
+        k,
+        stream=bool(body.stream),
+        include_usage=body.include_usage(),
+        processed=target.processed,
+        prompt_logprobs=target.cap(body.prompt_logprobs),
+        return_token_ids=bool(body.return_token_ids),
+        as_ids=bool(body.return_tokens_as_token_ids),
+        request_id=body.request_id,
+        **kw,
     )
 
 
-def build_chat(
-    name: str, engine: Engine, engines: Mapping[str, Engine], options: StrategyOptions, body: ChatCompletionRequest
-) -> Generation:
+def build_completion(target: Target, body: CompletionRequest) -> Generation:
+    """/v1/completions: text or token-id prompts (one or many), echo, legacy log-probs."""
+    reject_unsupported(body, COMPLETION_NEUTRAL)
+    check_logprob_fields(body, body.logprobs, "logprobs", target)
+    k = target.cap(body.logprobs)
+    settings = sampling_settings(
+        body, target, max_tokens=body.max_tokens, logprobs=k, aliases={"top_logprobs": "logprobs"}
+    )
+    prompts = encode_prompts(target.engine, body.prompt, body.add_special_tokens)
+    for ids, _ in prompts:
+        check_prompt(target.engine, ids, settings.max_tokens, "prompt")
+    runs, stride = prompt_runs(target, prompts, settings, body.decoding)
+    return generation(target, "completion", body, runs, stride, k, echo=bool(body.echo))
+
+
+def build_chat(target: Target, body: ChatCompletionRequest) -> Generation:
     """/v1/chat/completions: messages through the chat template, OpenAI's chat log-probs."""
-    reject_unsupported(body)
+    reject_unsupported(body, CHAT_NEUTRAL)
     if body.top_logprobs is not None and not body.logprobs and body.top_logprobs > 0:
         raise bad_request("top_logprobs: requires logprobs to be true", "top_logprobs")
+    check_logprob_fields(body, body.top_logprobs, "top_logprobs", target)
     max_tokens, alias = body.max_tokens, "max_tokens"
     if body.max_completion_tokens is not None:
         max_tokens, alias = body.max_completion_tokens, "max_completion_tokens"
-    k = (body.top_logprobs or 0) if body.logprobs else None
-    settings = sampling_settings(body, max_tokens=max_tokens, logprobs=k, aliases={"max_tokens": alias})
+    k = target.cap(body.top_logprobs or 0) if body.logprobs else None
+    settings = sampling_settings(body, target, max_tokens=max_tokens, logprobs=k, aliases={"max_tokens": alias})
     messages = message_dicts(body.messages)
-    ids = render_chat(engine, messages, body.add_generation_prompt)
-    check_prompt(engine, ids, settings.max_tokens, "messages")
+    ids = render_chat(target.engine, messages, body.add_generation_prompt)
+    check_prompt(target.engine, ids, settings.max_tokens, "messages")
     question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
-    runs, stride = prompt_runs(engine, engines, options, [(ids, None)], settings, body.decoding, question)
-    return Generation("chat", name, engine, runs, stride, k, False, bool(body.stream), body.include_usage())
+    runs, stride = prompt_runs(target, [(ids, None)], settings, body.decoding, question)
+    return generation(target, "chat", body, runs, stride, k)

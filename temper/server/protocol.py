@@ -1,10 +1,12 @@
-"""Request bodies of the HTTP API, mirroring OpenAI's (and vLLM's extras), as pydantic models.
+"""Request bodies of the HTTP API, mirroring OpenAI's and vLLM's (with vLLM's extensions), as
+pydantic models.
 
-Unknown fields are ignored, as vLLM does, so newer clients keep working; fields we cannot
-honour (penalties, logit_bias, tools...) are rejected with a 400 by `serving.reject_unsupported`
-rather than silently dropped. Values are checked where they are used: sampling fields by
-`SamplingSettings`, the `decoding` object by the chosen strategy's `Params`. Response bodies
-are built as plain dicts by the routes (and `serving.response_body`), field for field OpenAI's.
+Unlike vLLM, which logs and ignores fields it does not know, an unknown field is a 400 naming
+it: a client that believes it set something must not get a silent default. Fields temper knows
+but cannot honour (penalties, logit_bias, tools, structured outputs...) are accepted only at
+their neutral value (`prompts.reject_unsupported` names the field otherwise). Values are checked
+where they are used: sampling fields by `SamplingSettings`, the `decoding` object by the chosen
+strategy's `Params`. Response bodies are built by responses.py and streaming.py.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
 
 class StreamOptions(_Body):
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM; accepted only as false
 
 
 class GenerationRequest(_Body):
@@ -33,16 +36,39 @@ class GenerationRequest(_Body):
     seed: int | None = None
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None  # vLLM extra
+    ignore_eos: bool = False  # vLLM extra: only stop_token_ids (and max_tokens) end a choice
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     # temper: which decoding strategy and its parameters, e.g. {"strategy": "power", "alpha": 4}
     decoding: dict[str, Any] | None = None
-    # OpenAI / vLLM fields we cannot honour; accepted at their neutral values only
+    # vLLM's token-level extensions (what RL trainers such as TRL's VLLMClient read)
+    return_token_ids: bool | None = None  # prompt_token_ids and token_ids in the response
+    return_tokens_as_token_ids: bool | None = None  # log-prob tokens read "token_id:<id>"
+    prompt_logprobs: int | None = None  # log-probs of the prompt's own tokens (+ top-k)
+    request_id: str | None = None  # vLLM: becomes the response id
+    user: str | None = None  # OpenAI: an end-user id, for the caller's own bookkeeping
+    # Known, but only honoured at their neutral values (a 400 names them otherwise)
+    min_p: float | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
-    user: str | None = None
+    min_tokens: int | None = None
+    skip_special_tokens: bool | None = None
+    spaces_between_special_tokens: bool | None = None
+    include_stop_str_in_output: bool | None = None
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
+    logprob_token_ids: list[int] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    use_beam_search: bool | None = None
+    length_penalty: float | None = None
+    truncate_prompt_tokens: int | None = None
+    priority: int | None = None
+    cache_salt: str | None = None
+    vllm_xargs: dict[str, Any] | None = None
+    kv_transfer_params: dict[str, Any] | None = None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -59,6 +85,7 @@ class CompletionRequest(GenerationRequest):
     max_tokens: int | None = 16  # OpenAI's and vLLM's default for completions
     echo: bool | None = False
     logprobs: int | None = None  # top-k alternatives per token (0 = only the chosen token)
+    add_special_tokens: bool = True  # vLLM: tokenise text prompts with the model's special tokens
     best_of: int | None = None
     suffix: str | None = None
 
@@ -81,9 +108,19 @@ class ChatCompletionRequest(GenerationRequest):
     logprobs: bool | None = False
     top_logprobs: int | None = None
     add_generation_prompt: bool = True  # vLLM extra
+    # Known, but only honoured at their neutral values
+    continue_final_message: bool | None = None
+    echo: bool | None = None
+    add_special_tokens: bool | None = None
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
-    response_format: dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    documents: list[Any] | None = None
+    reasoning_effort: str | None = None
+    store: bool | None = None
+    metadata: dict[str, Any] | None = None
 
 
 class LogprobsRequest(_Body):
@@ -118,3 +155,10 @@ class TokenizeRequest(_Body):
 class DetokenizeRequest(_Body):
     model: str | None = None
     tokens: list[int]
+
+
+class UpdateWeightsRequest(_Body):
+    """POST /update_weights_from_disk: new weights for a served model, from a checkpoint."""
+
+    path: str  # a directory of .safetensors files, or one .safetensors file
+    model: str | None = None  # a served model's name; None = the default model

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 
 from temper.server.prompts import Generation, build_chat, build_completion
 from temper.server.protocol import ChatCompletionRequest, CompletionRequest
-from temper.server.responses import response_body
+from temper.server.responses import WEIGHT_VERSION_HEADER, response_body
 from temper.server.state import ServerState
 from temper.server.streaming import stream_response
 
@@ -29,19 +29,18 @@ async def generate(request: Request, body: CompletionRequest | ChatCompletionReq
     in the metrics with the status they get."""
     state: ServerState = request.app.state.temper
     with state.metrics.record().failures() as record:
-        name, engine = state.model(body.model)
-        record.model = name
-        gen = build(name, engine, state.engines, state.options, body)
+        target = state.target(body.model)
+        record.model = target.name
+        gen = build(target, body)
         record.strategy = gen.strategy.name
-        tt = state.token_texts[name]
+        tt = state.token_texts[target.name]
         if gen.stream:
-            slot = state.runner.admission.enter()
-            return stream_response(state.runner, slot, gen, tt, record)
+            return await stream_response(state.runner, gen, tt, record)
         outputs = await state.runner.run(request, gen)
         payload = response_body(gen, tt, outputs)
         record.count(payload["usage"])
         record.finish(200)
-        return JSONResponse(payload)
+        return JSONResponse(payload, headers={WEIGHT_VERSION_HEADER: str(payload["weight_version"])})
 
 
 @router.post("/v1/completions")

@@ -16,21 +16,22 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from temper.decoding.engine import Scored
-from temper.decoding.strategies.settings import MAX_TOP_LOGPROBS
 from temper.server.errors import bad_request
 from temper.server.logprobs import TokenLogprobs
 from temper.server.prompts import encode_prompts
 from temper.server.protocol import LogprobsRequest
+from temper.server.responses import WEIGHT_VERSION_HEADER
 from temper.server.state import ServerState
 from temper.server.text import TokenText
 
 router = APIRouter()
 
 
-def check_scoring(body: LogprobsRequest, seqs: Sequence[list[int]], max_context: int) -> None:
+def check_scoring(body: LogprobsRequest, seqs: Sequence[list[int]], max_context: int, max_logprobs: int) -> None:
     k = body.top_logprobs
-    if not 0 <= k <= MAX_TOP_LOGPROBS:
-        raise bad_request(f"top_logprobs: must be in [0, {MAX_TOP_LOGPROBS}], got {k}", "top_logprobs")
+    if k < 0 or (max_logprobs != -1 and k > max_logprobs):
+        cap = "" if max_logprobs == -1 else f", at most this server's --max-logprobs {max_logprobs}"
+        raise bad_request(f"top_logprobs: must be >= 0{cap}; got {k}", "top_logprobs")
     for ids in seqs:
         if len(ids) > max_context:
             raise bad_request(f"prompt: {len(ids)} tokens exceed the model's context of {max_context}", "prompt")
@@ -63,10 +64,12 @@ async def score(body: LogprobsRequest, request: Request) -> Response:
         name, engine = state.model(body.model)
         record.model = name
         seqs = [ids for ids, _ in encode_prompts(engine, body.prompt, body.add_special_tokens)]
-        check_scoring(body, seqs, engine.max_context)
-        (scored,) = await state.runner.call(
-            request, lambda: [engine.score(seqs, start=body.start, top_k=body.top_logprobs)]
-        )
+        check_scoring(body, seqs, engine.max_context, state.config.max_logprobs)
+
+        async def work() -> tuple[int, list[Scored]]:  # runs holding the weights: one version
+            return engine.weight_version, await engine.score(seqs, start=body.start, top_k=body.top_logprobs)
+
+        ((version, scored),) = await state.runner.call(request, name, lambda: [work()])
         tt = state.token_texts[name]
         data = [
             scored_entry(tt, i, ids, s, body.start, body.top_logprobs)
@@ -76,4 +79,5 @@ async def score(body: LogprobsRequest, request: Request) -> Response:
         usage = {"prompt_tokens": n_tokens, "completion_tokens": 0, "total_tokens": n_tokens}
         record.count(usage)
         record.finish(200)
-        return JSONResponse({"object": "list", "model": name, "data": data, "usage": usage})
+        body = {"object": "list", "model": name, "data": data, "usage": usage, "weight_version": version}
+        return JSONResponse(body, headers={WEIGHT_VERSION_HEADER: str(version)})

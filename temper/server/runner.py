@@ -14,18 +14,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from fastapi import Request
 
-from temper.decoding.engine import TokenDraw
+from temper.decoding.engine import Scored, TokenDraw
 from temper.decoding.errors import ParamError
 from temper.decoding.strategies.completion import StrategyResult, fill_logprobs
-from temper.server.errors import APIError, ClientGone, as_api_error, bad_request, queue_full, request_timeout
+from temper.server.errors import APIError, ClientGone, aborted, as_api_error, bad_request, queue_full, request_timeout
 from temper.server.logprobs import TokenLogprobs, choice_logprobs, echo_logprobs
 from temper.server.prompts import Generation, PromptRun
+from temper.server.weights import Pause, WeightGate
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,7 +42,9 @@ class RunOutput:
     run: PromptRun
     result: StrategyResult
     choices: list[Part]
+    weight_version: int  # of the weights that produced it (constant while a request runs)
     echo: Part | None = None  # the echoed prompt, for a JSON completions request with echo
+    prompt_scored: Scored | None = None  # the prompt's own raw log-probs, for prompt_logprobs
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,11 +126,15 @@ async def echo_part(gen: Generation, run: PromptRun) -> Part:
 async def execute(gen: Generation, run: PromptRun, on_token=None, *, echo: bool = False) -> RunOutput:
     """Run one prompt's strategy, then give its completions the log-probs the response needs
     (and, with `echo`, work out the echoed prompt too)."""
+    version = gen.engine.weight_version
     result = await run.run(on_token)
-    if gen.logprobs is not None:
+    if gen.logprobs is not None and not gen.processed:
         await fill_logprobs(gen.engine, run.req.prompt, result.completions, gen.logprobs)
-    choices = choice_logprobs(gen.engine, result.completions, gen.logprobs)
-    return RunOutput(run, result, choices, await echo_part(gen, run) if echo else None)
+    choices = choice_logprobs(gen.engine, result.completions, gen.logprobs, gen.processed)
+    out = RunOutput(run, result, choices, version, await echo_part(gen, run) if echo else None)
+    if gen.prompt_logprobs is not None:
+        (out.prompt_scored,) = await gen.engine.score([run.req.prompt], start=1, top_k=gen.prompt_logprobs, ranks=True)
+    return out
 
 
 def _retrieve(task: asyncio.Future) -> None:
@@ -156,100 +163,140 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
+class Scope:
+    """One admitted request's running work on a model, so /pause?mode=abort can cancel it."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.tasks: list[asyncio.Task] = []
+        self.aborted = False
+        self.holding = False  # holds the model's weights (WeightGate.acquire_shared)
+
+    def abort(self) -> None:
+        self.aborted = True
+        _stop(self.tasks)
+
+
 class Runner:
-    def __init__(self, admission: Admission, timeout: float | None, heartbeat: float):
+    def __init__(
+        self,
+        admission: Admission,
+        timeout: float | None,
+        heartbeat: float,
+        gates: Mapping[str, WeightGate],
+        pause: Pause,
+    ):
         self.admission = admission
         self.timeout = timeout or None
         self.heartbeat = heartbeat
+        self.gates = gates
+        self.pause = pause
+        self._scopes: set[Scope] = set()
 
     @property
     def in_flight(self) -> int:
         return self.admission.in_flight
 
-    async def call(self, request: Request, work: Callable[[], Sequence[Awaitable[T]]]) -> list[T]:
-        """Admit, then run the awaitables `work()` makes concurrently; cancel all of them if one
-        fails, the client leaves, or the server's request timeout passes."""
+    def abort_all(self) -> int:
+        """Cancel every running request (they answer 503); returns how many there were."""
+        running = [s for s in self._scopes if s.holding]
+        for scope in running:
+            scope.abort()
+        return len(running)
+
+    async def drain(self) -> None:
+        """Return once no request holds any model's weights (new ones may be waiting)."""
+        while any(s.holding for s in self._scopes):
+            await asyncio.sleep(0.01)
+
+    async def _enter(self, scope: Scope) -> None:
+        """Wait while the server is paused, then hold the model's weights (shared) for as long
+        as the work runs (until _leave), so no weight update lands in the middle of a response."""
+        self._scopes.add(scope)
+        await self.pause.wait_running()
+        await self.gates[scope.model].acquire_shared(scope)
+
+    def _leave(self, scope: Scope) -> None:
+        """Cancel what still runs and give the weights back; never waits."""
+        _stop(scope.tasks)
+        self._scopes.discard(scope)
+        self.gates[scope.model].release_shared(scope)
+
+    async def call(self, request: Request, model: str, work: Callable[[], Sequence[Awaitable[T]]]) -> list[T]:
+        """Admit, then run the awaitables `work()` makes concurrently on `model`; cancel all of
+        them if one fails, the client leaves, or the server's request timeout passes."""
         slot = self.admission.enter()
-        tasks = _start(work())
-        everything = asyncio.gather(*tasks)
         watcher = asyncio.ensure_future(_disconnected(request))
+        deadline = self._deadline()
+        scope = Scope(model)
         try:
-            done, _ = await asyncio.wait(
-                {everything, watcher}, timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            if everything in done:
+            await self._within(deadline, self._enter(scope))
+            scope.tasks = _start(work())
+            everything = asyncio.gather(*scope.tasks)
+            everything.add_done_callback(_retrieve)
+            await self._within(deadline, asyncio.wait({everything, watcher}, return_when=asyncio.FIRST_COMPLETED))
+            if scope.aborted:
+                raise aborted()
+            if everything.done():
                 try:
                     return everything.result()
                 except Exception as exc:
                     raise strategy_error(exc) from exc
-            if watcher in done:
-                raise ClientGone()
-            raise request_timeout(self.timeout)
+            raise ClientGone()
         finally:
             watcher.cancel()
-            _stop(tasks)
-            everything.add_done_callback(_retrieve)
+            self._leave(scope)
             slot.release()
 
     async def run(self, request: Request, gen: Generation) -> list[RunOutput]:
         """Every prompt run of a JSON request, with its echo when asked for."""
-        return await self.call(request, lambda: [execute(gen, run, echo=gen.echo) for run in gen.runs])
+        return await self.call(request, gen.model, lambda: [execute(gen, run, echo=gen.echo) for run in gen.runs])
 
-    async def events(self, gen: Generation) -> AsyncIterator[Event]:
+    async def open_stream(self, gen: Generation) -> Stream:
+        """Admit a streamed request and take its model's weights before any byte goes out, so
+        a 429 or 504 is a real HTTP status and the headers can name the weight version."""
+        slot = self.admission.enter()
+        stream = Stream(slot, Scope(gen.model), self._deadline(), self)
+        try:
+            await self._within(stream.deadline, self._enter(stream.scope))
+        except BaseException:
+            stream.close()
+            raise
+        return stream
+
+    def _deadline(self) -> float | None:
+        return asyncio.get_running_loop().time() + self.timeout if self.timeout else None
+
+    async def events(self, gen: Generation, stream: Stream) -> AsyncIterator[Event]:
         """A streamed request's events, as they happen: echoes first, tokens of the strategies
         that stream them, each prompt run's output when it ends, heartbeats while nothing
-        happens. Raises APIError on a failure or the timeout. The caller holds the slot;
-        closing the iterator (the client left) cancels the work."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout if self.timeout else None
-        queue: deque[Event] = deque()
-        ready = asyncio.Event()
-
-        def push(event: Event) -> bool:
-            queue.append(event)
-            ready.set()
-            return True  # engines call this on the event loop: keep sampling
-
-        def sink(run: PromptRun):
-            if not run.strategy.streams_tokens:
-                return None
-            base = run.index * gen.stride
-            return lambda i, draw: push(TokenEvent(base + i, draw))
-
-        tasks: list[asyncio.Task] = []
+        happens. Raises APIError on a failure or the timeout. Closing the iterator (the client
+        left) cancels the work; the stream's close() gives back its slot and weights."""
+        scope, deadline = stream.scope, stream.deadline
+        events = EventQueue()
         try:
             if gen.echo:
                 parts = await self._within(deadline, asyncio.gather(*(echo_part(gen, r) for r in gen.runs)))
                 for run, part in zip(gen.runs, parts, strict=True):
                     yield EchoEvent(run, part)
-            tasks = _start(execute(gen, run, sink(run)) for run in gen.runs)
-            failed: list[BaseException] = []
-
-            def done(t: asyncio.Task) -> None:
-                if t.cancelled():
-                    return
-                if t.exception() is not None:
-                    failed.append(t.exception())
-                    ready.set()
-                else:
-                    push(DoneEvent(t.result()))
-
-            for t in tasks:
-                t.add_done_callback(done)
-            pending = len(tasks)
+            scope.tasks = _start(execute(gen, run, events.sink(gen, run)) for run in gen.runs)
+            for t in scope.tasks:
+                t.add_done_callback(events.done)
+            pending = len(scope.tasks)
             while pending:
-                if not queue:
-                    if failed:
-                        raise strategy_error(failed[0])
-                    ready.clear()
-                    if not await self._wait(ready, deadline):
+                if scope.aborted:
+                    raise aborted()
+                event = events.pop()
+                if event is None:
+                    if events.failed:
+                        raise strategy_error(events.failed[0])
+                    if not await self._wait(events.ready, deadline):
                         yield Heartbeat()
                     continue
-                event = queue.popleft()
                 pending -= isinstance(event, DoneEvent)
                 yield event
         finally:
-            _stop(tasks)
+            _stop(scope.tasks)
 
     async def _within(self, deadline: float | None, aw: Awaitable[T]) -> T:
         wait = None if deadline is None else max(deadline - asyncio.get_running_loop().time(), 0)
@@ -263,6 +310,7 @@ class Runner:
         deadline, the request times out."""
         loop = asyncio.get_running_loop()
         wait = self.heartbeat if deadline is None else min(self.heartbeat, deadline - loop.time())
+        ready.clear()
         try:
             if wait <= 0:
                 raise TimeoutError
@@ -272,3 +320,48 @@ class Runner:
             if deadline is not None and loop.time() >= deadline:
                 raise request_timeout(self.timeout) from None
             return False
+
+
+class Stream:
+    """An admitted streamed request: its slot, its hold on the model's weights, its deadline."""
+
+    def __init__(self, slot: Slot, scope: Scope, deadline: float | None, runner: Runner):
+        self.slot, self.scope, self.deadline, self._runner = slot, scope, deadline, runner
+
+    def close(self) -> None:
+        """Give everything back; idempotent, never waits."""
+        self._runner._leave(self.scope)
+        self.slot.release()
+
+
+class EventQueue:
+    """Where a streamed request's tasks leave their events for `Runner.events` (event loop only)."""
+
+    def __init__(self) -> None:
+        self.queue: deque[Event] = deque()
+        self.ready = asyncio.Event()
+        self.failed: list[BaseException] = []
+
+    def push(self, event: Event) -> bool:
+        self.queue.append(event)
+        self.ready.set()
+        return True  # engines call token sinks on the event loop: keep sampling
+
+    def pop(self) -> Event | None:
+        return self.queue.popleft() if self.queue else None
+
+    def sink(self, gen: Generation, run: PromptRun):
+        """The token callback of a run whose strategy streams tokens, numbering its choices."""
+        if not run.strategy.streams_tokens:
+            return None
+        base = run.index * gen.stride
+        return lambda i, draw: self.push(TokenEvent(base + i, draw))
+
+    def done(self, t: asyncio.Task) -> None:
+        if t.cancelled():
+            return
+        if t.exception() is not None:
+            self.failed.append(t.exception())
+            self.ready.set()
+        else:
+            self.push(DoneEvent(t.result()))

@@ -57,6 +57,11 @@ class TokenText:
             return bytes([int(piece[3:5], 16)])
         return piece.replace("\u2581", " ").encode()
 
+    def label(self, token: int, as_ids: bool = False) -> str:
+        """How a log-prob entry names the token: its text, or "token_id:<id>" (vLLM's
+        return_tokens_as_token_ids, which RL clients parse back into ids)."""
+        return f"token_id:{int(token)}" if as_ids else self.token_str(token)
+
     def token_str(self, token: int) -> str:
         """The token as text; a token that is not valid UTF-8 on its own reads "bytes:\\xe2\\x80"
         (OpenAI's convention)."""

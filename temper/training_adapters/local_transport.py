@@ -3,12 +3,15 @@
 The request path is the server's, minus HTTP: prompts are tokenised as /v1/completions and
 /v1/chat/completions tokenise them, the strategy is parsed and checked before anything runs,
 and each prompt is one strategy run (all prompts side by side, so the engine batches them).
+Rollouts carry the engine's weight_version; `update_weights` loads a checkpoint into an engine
+(Engine.load_weights), except into the models named `frozen` (a CaT anchor, an OPD teacher),
+as `temper serve --frozen` refuses them.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,12 +67,20 @@ def prompt_ids(engine: Engine, p: PromptInput, where: str) -> list[int]:
 
 
 class LocalTransport:
-    def __init__(self, engines: Engine | Mapping[str, Engine], options: StrategyOptions | None = None):
+    def __init__(
+        self,
+        engines: Engine | Mapping[str, Engine],
+        options: StrategyOptions | None = None,
+        frozen: Iterable[str] = (),
+    ):
         self.engines: dict[str, Engine] = dict(engines) if isinstance(engines, Mapping) else {engines.name: engines}
         if not self.engines:
             raise ValueError("engines: need at least one")
+        self.frozen = frozenset(frozen)
+        unknown = sorted(self.frozen - set(self.engines))
+        if unknown:
+            raise ValueError(f"frozen: unknown model(s) {', '.join(unknown)}; loaded: {', '.join(self.engines)}")
         self.options = options if options is not None else StrategyOptions()
-        self.versions = dict.fromkeys(self.engines, 0)
         self.description = f"in-process ({', '.join(self.engines)})"
 
     @classmethod
@@ -80,6 +91,7 @@ class LocalTransport:
         device: str = "cpu",
         dtype: str = "float32",
         options: StrategyOptions | None = None,
+        frozen: Iterable[str] = (),
     ) -> LocalTransport:
         """Load HF model directories: one path (served under its directory name) or {name: path}."""
         from temper.decoding.engines.hf import HFEngine
@@ -88,7 +100,7 @@ class LocalTransport:
         engines = {
             name: HFEngine.from_pretrained(path, name=name, device=device, dtype=dtype) for name, path in paths.items()
         }
-        return cls(engines, options)
+        return cls(engines, options, frozen)
 
     def engine(self, model: str | None) -> tuple[str, Engine]:
         name = model if model is not None else next(iter(self.engines))
@@ -131,8 +143,8 @@ class LocalTransport:
         return [self.group(plan, req, res) for req, res in zip(plan.requests, results, strict=True)]
 
     def group(self, plan: Plan, req: DecodeRequest, result: StrategyResult) -> RolloutGroup:
-        # only `sample` draws each token from one known distribution (see rollout.py)
-        per_token = plan.strategy.name == "sample"
+        # only strategies that draw each token from one known distribution have its log-probs
+        per_token = plan.strategy.sampled_logprobs(plan.params)
         rollouts = [
             Rollout(
                 token_ids=list(c.tokens),
@@ -143,7 +155,8 @@ class LocalTransport:
             )
             for c in result.completions
         ]
-        return RolloutGroup(list(req.prompt), rollouts, plan.model, self.versions[plan.model], dict(result.metadata))
+        version = req.engine.weight_version  # loads wait for running sequences: one version per run
+        return RolloutGroup(list(req.prompt), rollouts, plan.model, version, dict(result.metadata))
 
     async def score(
         self,
@@ -160,6 +173,13 @@ class LocalTransport:
     async def vocabulary(self, model: str | None = None) -> Vocabulary:
         name, engine = self.engine(model)
         return vocabulary_of(name, engine.tokenizer)
+
+    async def update_weights(self, path: str, model: str | None = None) -> int:
+        name, engine = self.engine(model)
+        if name in self.frozen:
+            raise ParamError(f"model: {name!r} is frozen; its weights cannot change", "model")
+        await engine.load_weights(path)
+        return engine.weight_version
 
     async def close(self) -> None:
         await gather_all(e.close() for e in self.engines.values())

@@ -17,7 +17,7 @@ code can await `rollouts.transport`'s coroutines instead, from inside `rollouts.
 from __future__ import annotations
 
 import os
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from temper.decoding.engine import Engine, Scored
@@ -45,14 +45,17 @@ class Rollouts:
         device: str = "cpu",
         dtype: str = "float32",
         options: StrategyOptions | None = None,
+        frozen: Iterable[str] = (),
     ) -> Rollouts:
         """In-process: Engine objects ({name: engine} or one), or model directories to load
-        ({name: path} or one path, served under its directory name). The first is the default."""
-        if isinstance(models, Engine) or (
-            isinstance(models, Mapping) and all(isinstance(e, Engine) for e in models.values())
-        ):
-            return cls(LocalTransport(models, options))
-        return cls(LocalTransport.from_pretrained(models, device=device, dtype=dtype, options=options))
+        ({name: path} or one path, served under its directory name). The first is the default;
+        the models named in `frozen` refuse weight updates."""
+        is_path = lambda x: isinstance(x, str | os.PathLike)
+        if is_path(models) or (isinstance(models, Mapping) and all(is_path(v) for v in models.values())):
+            return cls(
+                LocalTransport.from_pretrained(models, device=device, dtype=dtype, options=options, frozen=frozen)
+            )
+        return cls(LocalTransport(models, options, frozen))
 
     @classmethod
     def http(

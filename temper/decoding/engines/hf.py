@@ -36,6 +36,7 @@ from temper.decoding.engine import (
     check_fits,
     score_starts,
 )
+from temper.decoding.engines.checkpoint import read_checkpoint
 from temper.decoding.engines.hf_batch import DecodeBatch, prefill, prefill_groups
 from temper.decoding.engines.hf_sampling import sample_rows, score_chunk
 from temper.decoding.engines.hf_seq import SampleCall, Seq, SeqStatus
@@ -89,6 +90,7 @@ class HFEngine:
         self.max_context = min(ctx, max_context) if max_context else ctx
         self.max_batch = max_batch
         self.stats = EngineStats()
+        self.weight_version = 0
         self.prefix_cache = PrefixCache(prefix_cache_tokens, seq_dim=3)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"hf-{name}")
         self._waiting: collections.deque[Seq] = collections.deque()
@@ -162,11 +164,38 @@ class HFEngine:
             self._calls.discard(call)
 
     async def score(
-        self, sequences: Sequence[Sequence[int]], start: int | Sequence[int] = 1, top_k: int = 0
+        self,
+        sequences: Sequence[Sequence[int]],
+        start: int | Sequence[int] = 1,
+        top_k: int = 0,
+        ranks: bool = False,
     ) -> list[Scored]:
         starts = score_starts(sequences, start, self.max_context)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._score, [list(s) for s in sequences], starts, top_k)
+        seqs = [list(s) for s in sequences]
+        return await loop.run_in_executor(self._pool, self._score, seqs, starts, top_k, ranks)
+
+    async def load_weights(self, path: str) -> None:
+        """Swap in a checkpoint's weights (see the Engine protocol). Refused while sequences are
+        in flight: their KV was computed with the old weights (the server drains them first)."""
+        if self.queue_depth:
+            raise RuntimeError(f"load_weights: {self.queue_depth} sequences in flight; finish or cancel them first")
+        params = self.model.state_dict()
+        loop = asyncio.get_running_loop()
+        tensors = await loop.run_in_executor(None, read_checkpoint, path, params)  # disk I/O, off the loop
+        await loop.run_in_executor(self._pool, self._swap, tensors)  # the engine thread: between steps
+
+    @torch.inference_mode()
+    def _swap(self, tensors: dict[str, torch.Tensor]) -> None:
+        params = self.model.state_dict()
+        for name, t in tensors.items():
+            params[name].copy_(t)
+        self.prefix_cache.clear()  # cached KV belongs to the old weights
+        self.weight_version += 1
+
+    async def reset_prefix_cache(self) -> bool:
+        await asyncio.get_running_loop().run_in_executor(self._pool, self.prefix_cache.clear)
+        return True
 
     async def close(self) -> None:
         if self._task is not None and not self._task.done():
@@ -238,6 +267,7 @@ class HFEngine:
                     seq.logp[n - 1],
                     seq.top_ids[n - 1] if seq.top_ids else None,
                     seq.top_lps[n - 1] if seq.top_lps else None,
+                    seq.logq[n - 1],
                 )
                 try:
                     go_on = call.on_token(seq.index, draw)
@@ -331,11 +361,13 @@ class HFEngine:
         self.prefix_cache.insert(row.spec.prefix + tuple(row.tokens), kv[:, :, :, :n])
 
     @torch.inference_mode()
-    def _score(self, seqs: list[list[int]], starts: list[int], top_k: int) -> list[Scored]:
+    def _score(self, seqs: list[list[int]], starts: list[int], top_k: int, ranks: bool) -> list[Scored]:
         out: list[Scored] = []
         for lo in range(0, len(seqs), max(1, self.max_batch)):
             chunk = seqs[lo : lo + self.max_batch]
-            out += score_chunk(self.model, chunk, starts[lo : lo + len(chunk)], top_k, self.pad_id, self.device)
+            out += score_chunk(
+                self.model, chunk, starts[lo : lo + len(chunk)], top_k, self.pad_id, self.device, ranks
+            )
             self.stats.forward_passes += 1
             self.stats.forward_tokens += sum(len(c) for c in chunk)
         return out

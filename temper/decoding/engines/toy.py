@@ -28,7 +28,8 @@ from temper.decoding.engine import (
     check_fits,
     score_starts,
 )
-from temper.triton_kernels.tempered_sample import tempered_sample
+from temper.decoding.errors import ParamError
+from temper.triton_kernels.tempered_sample import kept_mask, tempered_sample
 
 
 @dataclass
@@ -128,6 +129,7 @@ class ToyEngine:
         self.max_context = max_context
         self.stats = EngineStats()
         self.calls = 0  # sample() calls, for tests that count engine round trips
+        self.weight_version = 0
 
     async def sample(
         self, specs: Sequence[SampleSpec], on_token: TokenCallback | None = None
@@ -165,7 +167,8 @@ class ToyEngine:
                 o.logq.append(float(r.logq[j]))
                 o.log_w.append(float(r.log_w[j]))
                 o.forward_passes += 1
-                go_on = on_token(i, TokenDraw(tok, o.logp[-1])) if on_token is not None else True
+                draw = TokenDraw(tok, o.logp[-1], logq=o.logq[-1])
+                go_on = on_token(i, draw) if on_token is not None else True
                 if tok in stops[i] or not go_on:
                     o.finish_reason = "stop"
                 elif len(o.tokens) < limit[i]:
@@ -180,18 +183,34 @@ class ToyEngine:
         return out
 
     def _top(self, spec: SampleSpec, tokens: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k best alternatives per generated token, raw or under q (spec.logprobs_mode)."""
         ctx = list(spec.prefix)
         ids, lps = [], []
         for t in tokens:
             lp = self.model.logprobs(tuple(ctx))
+            if spec.logprobs_mode == "processed" and not spec.greedy:
+                lp = self._processed(lp, spec)
             order = np.argsort(-lp, kind="stable")[:k]
             ids.append(order)
             lps.append(lp[order])
             ctx.append(t)
         return np.asarray(ids, dtype=np.int64), np.asarray(lps, dtype=np.float32)
 
+    @staticmethod
+    def _processed(lp: np.ndarray, spec: SampleSpec) -> np.ndarray:
+        """log q(· | context): α·log p over the spec's kept set (the engines' shared rule)."""
+        scaled = torch.from_numpy(spec.alpha * lp).float()[None]
+        keep = kept_mask(scaled, torch.tensor([spec.top_k]), torch.tensor([spec.top_p]))
+        if keep is not None:
+            scaled = torch.where(keep, scaled, torch.full_like(scaled, -torch.inf))
+        return torch.log_softmax(scaled.double(), dim=-1)[0].numpy()
+
     async def score(
-        self, sequences: Sequence[Sequence[int]], start: int | Sequence[int] = 1, top_k: int = 0
+        self,
+        sequences: Sequence[Sequence[int]],
+        start: int | Sequence[int] = 1,
+        top_k: int = 0,
+        ranks: bool = False,
     ) -> list[Scored]:
         starts = score_starts(sequences, start, self.max_context)
         out = []
@@ -205,8 +224,19 @@ class ToyEngine:
                 sc.top_logps = np.asarray(
                     [lp[o] for lp, o in zip(lps, order, strict=True)], dtype=np.float32
                 ).reshape(len(lps), top_k)
+            if ranks:
+                sc.ranks = np.array(
+                    [int((lp >= lp[seq[j]]).sum()) for lp, j in zip(lps, range(s0, len(seq)), strict=True)],
+                    dtype=np.int64,
+                )
             out.append(sc)
         return out
+
+    async def load_weights(self, path: str) -> None:
+        raise ParamError("path: the toy engine has no weights to load", "path")
+
+    async def reset_prefix_cache(self) -> bool:
+        return True  # nothing is cached
 
     async def close(self) -> None:
         return None

@@ -72,7 +72,10 @@ class DecodeRequest:
         return min(want, room)
 
     def stop_ids(self) -> tuple[int, ...]:
-        return tuple(dict.fromkeys((*self.engine.eos_ids, *self.settings.stop_token_ids)))
+        """The token ids that end a choice: the engine's eos ids (unless ignore_eos) and the
+        request's stop_token_ids."""
+        eos = () if self.settings.ignore_eos else self.engine.eos_ids
+        return tuple(dict.fromkeys((*eos, *self.settings.stop_token_ids)))
 
 
 class Strategy(ABC):
@@ -99,6 +102,12 @@ class Strategy(ABC):
         The server calls it before a request is admitted, so a streamed request that cannot
         run is a 400 like an unstreamed one; `run` calls it too, for in-process callers."""
         return None
+
+    def sampled_logprobs(self, params: Any) -> bool:
+        """Whether the completions carry `logq`, the log-probs of the per-token distribution
+        their tokens were drawn from (vLLM's processed log-probs). Strategies whose output is
+        chosen over whole responses (power sampling) have none."""
+        return False
 
     def cost(self, req: DecodeRequest, params: Any) -> int:
         """Worst-case tokens this request may generate (every proposal, particle, rollout and

@@ -25,11 +25,12 @@ class Completion:
     finish_reason: str  # "stop" | "length" | "abort"
     logp: np.ndarray | None = None  # [T] raw log-probs of `tokens`
     top_ids: np.ndarray | None = None  # [T, k]
-    top_logps: np.ndarray | None = None  # [T, k]
+    top_logps: np.ndarray | None = None  # [T, k], in the settings' logprobs_mode
     text: str | None = None  # set when the strategy cut the text itself (stop strings)
     metadata: dict[str, Any] = field(default_factory=dict)
-    # [T] log-probs of `tokens` under the distribution actually sampled (temperature, top-k and
-    # top-p applied), when the strategy drew each token from one (`sample`); None otherwise
+    # [T] log-probs of `tokens` under the distribution they were sampled from (temperature and
+    # top-k / top-p applied): what importance-sampling trainers need. None when the strategy
+    # did not draw the returned tokens from a per-token distribution (power sampling).
     logq: np.ndarray | None = None
 
 

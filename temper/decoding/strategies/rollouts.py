@@ -67,6 +67,10 @@ class RolloutStrategy(Strategy):
     def inner(self, params: Any) -> tuple[Strategy, BaseModel]:
         return parse_inner(params.inner, self.default_inner)
 
+    def sampled_logprobs(self, params: Any) -> bool:
+        strategy, inner_params = self.inner(params)  # the choices are the inner strategy's rollouts
+        return strategy.sampled_logprobs(inner_params)
+
     def check_rollouts(self, req: DecodeRequest, params: Any, count: int, *, choices: bool) -> None:
         """The inner strategy's own checks of the run that will draw the rollouts."""
         strategy, inner_params = self.inner(params)

@@ -36,6 +36,7 @@ def sample_specs(req: DecodeRequest, count: int, *path: int) -> list[SampleSpec]
             stop_ids=req.stop_ids(),
             seed=derive_seed(s.seed, *path, i),
             top_logprobs=s.top_logprobs,
+            logprobs_mode=s.logprobs_mode,
         )
         for i in range(count)
     ]
@@ -77,6 +78,9 @@ class SampleStrategy(Strategy):
             return settings.updated(params)
         except ValidationError as exc:  # e.g. an override that contradicts another field
             raise param_error_from(exc, "decoding") from None
+
+    def sampled_logprobs(self, params: BaseModel) -> bool:
+        return True
 
     async def run(
         self, req: DecodeRequest, params: BaseModel, on_token: TokenCallback | None = None

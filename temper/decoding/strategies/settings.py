@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from pydantic.fields import FieldInfo
 
 MAX_N = 128
-MAX_TOP_LOGPROBS = 20
 MAX_STOPS = 16
 
 
@@ -33,8 +32,12 @@ class SamplingSettings(BaseModel):
     seed: int | None = None
     stop: list[str] = Field(default_factory=list)
     stop_token_ids: list[int] = Field(default_factory=list)
-    logprobs: bool = False  # return the chosen tokens' raw log-probs
-    top_logprobs: int = Field(default=0, ge=0, le=MAX_TOP_LOGPROBS)
+    ignore_eos: bool = False  # only stop_token_ids (and max_tokens) end a choice
+    logprobs: bool = False  # return the chosen tokens' log-probs
+    top_logprobs: int = Field(default=0, ge=0)  # alternatives per token (the server caps it)
+    # What log-probs are reported (vLLM's --logprobs-mode): "raw" model log-probs, or
+    # "processed", those of the distribution actually sampled (temperature, top-k/top-p).
+    logprobs_mode: Literal["raw", "processed"] = "raw"
 
     @field_validator("stop")
     @classmethod

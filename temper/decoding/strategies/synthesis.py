@@ -128,6 +128,9 @@ class SynthesisStrategy(RolloutStrategy):
             params = params.model_copy(update={"rollouts": len(given)})
         return params
 
+    def sampled_logprobs(self, params: SynthesisParams) -> bool:
+        return True  # the choices are the anchor's, sampled token by token
+
     def check_params(self, params: SynthesisParams) -> None:
         if params.template is not None:
             check_template(params.template)
