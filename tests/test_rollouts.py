@@ -174,3 +174,31 @@ async def test_gather_all_raises_the_first_failure_and_cancels_the_rest():
         await gather_all([slow(), boom()])
     assert cancelled == [True]
     assert await gather_all([asyncio.sleep(0, result=1), asyncio.sleep(0, result=2)]) == [1, 2]
+
+
+def test_in_process_weight_updates_and_frozen_models(tiny_model_dir, second_model_dir):
+    from temper.decoding.engines.hf import HFEngine
+
+    load = lambda p, name: HFEngine.from_pretrained(str(p), name=name, device="cpu", dtype="float32")
+    with pytest.raises(ValueError, match="frozen: unknown model"):
+        Rollouts.local({"policy": load(tiny_model_dir, "policy")}, frozen=["anchor"])
+    r = Rollouts.local(
+        {
+            "policy": load(tiny_model_dir, "policy"),
+            "anchor": load(tiny_model_dir, "anchor"),
+            "new": load(second_model_dir, "new"),
+        },
+        frozen=["anchor"],
+    )
+    try:
+        seq = [[5, 6, 7, 8, 9]]
+        assert r.update_weights(second_model_dir, model="policy") == 1
+        (g,) = r.generate(["hi"], max_tokens=3, model="policy")
+        assert g.weight_version == 1
+        np.testing.assert_allclose(r.score(seq, model="policy")[0].logp, r.score(seq, model="new")[0].logp, atol=1e-5)
+        with pytest.raises(ParamError, match="'anchor' is frozen"):
+            r.update_weights(second_model_dir, model="anchor")
+        with pytest.raises(ParamError, match="path: no checkpoint"):
+            r.update_weights(second_model_dir / "missing", model="policy")
+    finally:
+        r.close()

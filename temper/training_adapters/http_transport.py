@@ -11,6 +11,12 @@ vLLM-compatible server (`vllm serve`) plain sampling does. Wire shapes (vLLM's):
   weights (temper)             POST /update_weights_from_disk {path, model} → {weight_version}
   vocabulary                   POST /tokenize             {prompt} and {messages}
 
+Log-probs: a server returns either raw log-probs or the sampled distribution's, as it was
+started (`--logprobs-mode`, read once from /server_info). Rollout.logprobs must be the sampled
+distribution's, so they are kept when the server runs `processed_logprobs`, or when raw and
+sampled coincide (temperature 1, no top-k/top-p), and are None otherwise; strategies that do not
+sample token by token (power) are not asked for any (a processed-mode server refuses them).
+
 `weight_version` is read from the body (temper) or the x-weight-version header; None when the
 server reports neither. Requests run side by side, at most `max_concurrency` at a time; every
 non-2xx answer becomes a ServerError carrying the server's own message.
@@ -25,6 +31,7 @@ import httpx
 import numpy as np
 
 from temper.decoding.engine import Scored
+from temper.decoding.strategies.registry import parse_decoding
 from temper.training_adapters.prompt_input import PromptInput
 from temper.training_adapters.rollout import Rollout, RolloutConfig, RolloutGroup, float_array
 from temper.training_adapters.transport import gather_all
@@ -65,6 +72,20 @@ def base_url(url: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
+def logprobs_plan(config: RolloutConfig) -> tuple[bool, bool]:
+    """(whether the strategy has sampled log-probs to ask for, whether raw log-probs equal them
+    under these settings), judged with the local strategy registry; a strategy only the server
+    knows is asked, and trusted only in processed mode."""
+    try:
+        strategy, params = parse_decoding(config.decoding)
+        settings = strategy.settings(config.settings(), params)
+    except ValueError:
+        return True, False
+    if not strategy.sampled_logprobs(params):
+        return False, False
+    return True, settings.temperature == 1.0 and settings.top_p == 1.0 and settings.top_k_or_off == 0
+
+
 def weight_version(data: Mapping[str, Any], headers: Mapping[str, str]) -> int | None:
     if data.get("weight_version") is not None:
         return int(data["weight_version"])
@@ -86,6 +107,7 @@ class HTTPTransport:
             limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
         )
         self._default: str | None = None
+        self._mode: str | None = None
 
     async def request(self, method: str, path: str, body: Any = None) -> tuple[Any, httpx.Headers]:
         try:
@@ -109,24 +131,38 @@ class HTTPTransport:
                 raise ServerError(f"{self.url}/v1/models: no model listed") from None
         return self._default
 
+    async def logprobs_mode(self) -> str:
+        """The server's --logprobs-mode; vLLM's default (raw) when it does not say."""
+        if self._mode is None:
+            try:
+                data, _ = await self.request("GET", "/server_info?config_format=json")
+                mode = data["vllm_config"]["model_config"]["logprobs_mode"]
+            except (ServerError, KeyError, TypeError):
+                mode = "raw_logprobs"
+            self._mode = str(mode)
+        return self._mode
+
     async def check(self, prompts: Sequence[PromptInput], config: RolloutConfig) -> None:
         return None  # the server checks each request (a 400 naming the field)
 
     async def generate(self, prompts: Sequence[PromptInput], config: RolloutConfig) -> list[RolloutGroup]:
         model = config.model if config.model is not None else await self.default_model()
-        return await gather_all(self.generate_one(p, config, model) for p in prompts)
+        has, raw_is_sampled = logprobs_plan(config)
+        want = has and (raw_is_sampled or await self.logprobs_mode() == "processed_logprobs")
+        return await gather_all(self.generate_one(p, config, model, want) for p in prompts)
 
-    def body(self, p: PromptInput, config: RolloutConfig, model: str) -> tuple[str, dict[str, Any]]:
+    def body(self, p: PromptInput, config: RolloutConfig, model: str, logprobs: bool) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {"model": model, **config.sampling_fields(), "return_token_ids": True}
         if config.decoding is not None:
             body["decoding"] = config.decoding
         if p.messages is not None:
-            return "/v1/chat/completions", {**body, "messages": [dict(m) for m in p.messages], "logprobs": True}
+            chat = {"messages": [dict(m) for m in p.messages]} | ({"logprobs": True} if logprobs else {})
+            return "/v1/chat/completions", {**body, **chat}
         prompt = p.text if p.text is not None else list(p.token_ids or ())
-        return "/v1/completions", {**body, "prompt": prompt, "logprobs": 0}
+        return "/v1/completions", {**body, "prompt": prompt} | ({"logprobs": 0} if logprobs else {})
 
-    async def generate_one(self, p: PromptInput, config: RolloutConfig, model: str) -> RolloutGroup:
-        path, body = self.body(p, config, model)
+    async def generate_one(self, p: PromptInput, config: RolloutConfig, model: str, logprobs: bool) -> RolloutGroup:
+        path, body = self.body(p, config, model, logprobs)
         data, headers = await self.request("POST", path, body)
         if config.decoding is not None and "decoding" not in data:
             raise ServerError(
