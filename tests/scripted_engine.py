@@ -17,6 +17,9 @@ from temper.decoding.engine import EngineStats, Sample, SampleSpec, Scored, Toke
 
 
 class ByteTokenizer:
+    """UTF-8 bytes as token ids (256 = EOS), with a tiny chat template: token ids and text
+    correspond one to one, so "the question is not in the prompt" can be checked on ids."""
+
     vocab_size = 257
     eos_ids = (256,)
 

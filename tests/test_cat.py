@@ -4,11 +4,11 @@ synthesis strategy), verifiable rewards, rubrics with retries, judges with malfo
 from __future__ import annotations
 
 import pytest
+from scripted_engine import CRITERIA, ScriptedEngine, judge, reconcile, rubric_writer
 
 from temper.decoding.engines.hf import HFEngine
 from temper.training_adapters.cat import ComputeAsTeacher
 from temper.training_adapters.rollouts import Rollouts
-from tests.scripted_engine import CRITERIA, ScriptedEngine, judge, reconcile, rubric_writer
 
 QUESTIONS = ["What is 2+2?", "What is 3+4?"]
 ROLLOUTS = [["so \\boxed{4}", "\\boxed{4}", "it is \\boxed{5}"], ["\\boxed{7}", "no idea"]]

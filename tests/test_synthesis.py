@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from scripted_engine import ByteTokenizer
 
 from temper.decoding.engines.toy import ToyEngine, ToyModel
 from temper.decoding.errors import ParamError
@@ -23,24 +24,6 @@ QUESTION = "What is 17 times 23? Show your work."
 
 def ask(engine) -> list[int]:
     return engine.tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}])
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as token ids (256 = EOS), with a tiny chat template: token ids and text
-    correspond one to one, so "the question is not in the prompt" can be checked on ids."""
-
-    vocab_size = 257
-    eos_ids = (256,)
-
-    def encode(self, text, *, add_special_tokens=True):
-        return list(text.encode())
-
-    def decode(self, ids, *, skip_special_tokens=True):
-        return bytes(i for i in ids if i < 256).decode(errors="replace")
-
-    def apply_chat_template(self, messages, *, add_generation_prompt=True):
-        body = "".join(f"<{m['role']}>\n{m['content']}\n" for m in messages)
-        return self.encode(body + ("<assistant>\n" if add_generation_prompt else ""))
 
 
 class Recording(ToyEngine):

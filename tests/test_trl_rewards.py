@@ -4,6 +4,7 @@ logged the way GRPOTrainer calls them, and one real GRPOTrainer step using them.
 from __future__ import annotations
 
 import pytest
+from scripted_engine import ScriptedEngine, judge, rubric_writer
 
 from temper.training_adapters.cat import ComputeAsTeacher
 from temper.training_adapters.rollouts import Rollouts
@@ -14,7 +15,6 @@ from temper.training_adapters.trl_rewards import (
     completion_text,
     prompt_groups,
 )
-from tests.scripted_engine import ScriptedEngine, judge, rubric_writer
 
 
 class Logs:
