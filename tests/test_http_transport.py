@@ -139,3 +139,20 @@ def test_rollout_job_against_a_server(server, tmp_path, capsys):
     assert sorted(map(str, (r["id"] for r in rows))) == ["1", "chat"]
     assert all(r["model"] == "student" and r["weight_version"] == 0 and len(r["rollouts"]) == 2 for r in rows)
     assert main(args) == 0 and "2 already done, 0 generated now" in capsys.readouterr().err
+
+
+def test_rollout_job_server_refusals_and_outages(server, tmp_path, capsys):
+    from temper.server.cli import main
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n')
+    base = ["rollouts", "--prompts", str(prompts), "--max-tokens", "5", "--no-progress"]
+    bad = [*base, "--out", str(tmp_path / "a.jsonl"), "--url", server.url, "--decoding", '{"strategy": "nope"}']
+    assert main(bad) == 2  # the server refused the request: rerunning would not help
+    err = capsys.readouterr().err
+    assert "HTTP 400: decoding.strategy: unknown strategy 'nope'" in err and "resume" not in err
+    down = [*base, "--out", str(tmp_path / "b.jsonl"), "--url", "http://127.0.0.1:9"]
+    assert main(down) == 1  # before the job starts: the server's model list
+    assert "127.0.0.1:9/v1/models: ConnectError" in capsys.readouterr().err
+    assert main([*down, "--model-name", "m"]) == 1  # mid-job
+    assert "1 of 1 prompts are not done; run the same command again to resume" in capsys.readouterr().err

@@ -97,6 +97,7 @@ def config_from_args(args: argparse.Namespace):
 def run_rollouts(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from temper.training_adapters.http_transport import ServerError
     from temper.training_adapters.prompt_file import read_prompts
     from temper.training_adapters.rollout_job import JobError, run_rollout_job
     from temper.training_adapters.rollouts import Rollouts
@@ -126,7 +127,7 @@ def run_rollouts(args: argparse.Namespace) -> int:
         s = run_rollout_job(
             args.prompts, args.out, config, rollouts, concurrency=args.concurrency, progress=not args.no_progress
         )
-    except JobError as exc:
+    except (JobError, ServerError) as exc:  # stopped part-way, or the server is unreachable
         return fail(str(exc), 1)
     except ValueError as exc:
         return fail(str(exc), 2)

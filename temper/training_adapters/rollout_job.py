@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from temper.decoding.strategies.base import derive_seed
+from temper.training_adapters.http_transport import ServerError
 from temper.training_adapters.prompt_file import PromptRecord, id_key, read_prompts
 from temper.training_adapters.rollout import RolloutConfig
 from temper.training_adapters.rollout_file import RolloutWriter, open_output
@@ -90,7 +91,7 @@ async def check_records(transport: Transport, path: str, records: Sequence[Promp
             await transport.check([rec.prompt], config)
         except ValueError as exc:
             msg = str(exc).removeprefix("prompts[0]: ")
-            raise type(exc)(f"{path} line {rec.line}: {msg}") from None
+            raise ValueError(f"{path} line {rec.line}: {msg}") from None
 
 
 async def generate_all(
@@ -144,6 +145,9 @@ async def run_job(
         raise
     except Exception as exc:
         left = len(todo) - bar.prompts
+        if isinstance(exc, ServerError) and exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+            # the server refused the request itself (a bad field): rerunning will not help
+            raise ValueError(f"{exc}\n{left} of {len(records)} prompts are not done") from exc
         raise JobError(
             f"{exc}\n{left} of {len(records)} prompts are not done; run the same command again to resume"
         ) from exc
