@@ -36,6 +36,8 @@ bench: $(STAMP)
 	$(PY) -m bench.power
 	$(PY) -m bench.kernels
 	$(PY) -m bench.server
+	$(PY) -m bench.fuzz --examples 200
+	$(PY) -m bench.soak --clients 8 --minutes 2
 
 clean:
 	rm -rf $(VENV) bench/out

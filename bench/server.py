@@ -41,7 +41,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, model: str | None, device: str, cpu_threads: int) -> subprocess.Popen:
+def start_server(
+    port: int, model: str | None, device: str, cpu_threads: int, extra: list[str] = ()
+) -> subprocess.Popen:
+    """`temper serve` in its own process, once /health answers (its stderr on a pipe)."""
     cmd = [
         sys.executable,
         "-m",
@@ -60,6 +63,7 @@ def start_server(port: int, model: str | None, device: str, cpu_threads: int) ->
         cmd += ["--model", model]
     if cpu_threads > 0:
         cmd += ["--cpu-threads", str(cpu_threads)]
+    cmd += list(extra)
     env = {**os.environ, "TEMPER_API_KEY": "", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120

@@ -12,16 +12,16 @@ import logging
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
 from temper.decoding.engine import Engine
-from temper.server.auth import require_api_key
 from temper.server.config import ServerConfig
+from temper.server.edge import EdgeMiddleware
 from temper.server.errors import install_error_handlers
 from temper.server.metrics import HTTPMetricsMiddleware
 from temper.server.models import ModelLoadError, check_engines, load_engines
+from temper.server.openapi import install_openapi
 from temper.server.routes_generation import router as generation_router
-from temper.server.routes_misc import open_router
 from temper.server.routes_misc import router as misc_router
 from temper.server.routes_rl import router as rl_router
 from temper.server.routes_scoring import router as scoring_router
@@ -53,9 +53,10 @@ def create_app(config: ServerConfig | None = None, engines: Mapping[str, Engine]
     app = FastAPI(title="temper", summary="OpenAI-compatible decoding server", lifespan=lifespan, **docs)
     app.state.temper = state
     install_error_handlers(app)
-    app.include_router(open_router)
-    auth = [Depends(require_api_key)]
+    install_openapi(app)
     for router in (generation_router, scoring_router, rl_router, misc_router):
-        app.include_router(router, dependencies=auth)
+        app.include_router(router)
+    # outermost last: metrics count every response, the edge's 401/413/400s included
+    app.add_middleware(EdgeMiddleware, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
     app.add_middleware(HTTPMetricsMiddleware, metrics=state.metrics)
     return app

@@ -8,10 +8,14 @@ with status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 
+import uvicorn
+
 from temper.server.config import add_config_arguments, config_from_args
+from temper.server.runner import Runner
 from temper.training_adapters.rollout_cli import add_rollouts_parser, run_rollouts
 
 SERVE_DESCRIPTION = """\
@@ -36,9 +40,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def serve(args: argparse.Namespace) -> int:
-    import uvicorn
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server with temper's shutdown: on SIGTERM uvicorn stops accepting at once; the
+    requests in flight get `grace` seconds, then are cancelled with a 503 (a final error event
+    when streaming), and uvicorn waits one more second for those answers to go out."""
 
+    def __init__(self, config: uvicorn.Config, runner: Runner, grace: float):
+        config.timeout_graceful_shutdown = grace + 1
+        super().__init__(config)
+        self.runner = runner
+        self.grace = grace
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets=None) -> None:
+        self.loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig, frame) -> None:
+        first = not self.should_exit
+        super().handle_exit(sig, frame)
+        if first and self.loop is not None:  # a signal handler: hand the timer to the loop
+            self.loop.call_soon_threadsafe(self.loop.call_later, self.grace, self.runner.shutdown)
+
+
+def serve(args: argparse.Namespace) -> int:
     from temper.server.app import create_app
     from temper.server.models import ModelLoadError
 
@@ -54,7 +79,8 @@ def serve(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         print(f"temper serve: error: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level.lower())
+    uv = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level.lower())
+    GracefulServer(uv, app.state.temper.runner, config.shutdown_timeout).run()
     return 0
 
 

@@ -52,6 +52,24 @@ class ServerConfig:
         256,
     )
     retry_after: int = _opt("Seconds suggested by the Retry-After header of a 429.", 1)
+    max_request_tokens: int = _opt(
+        "Most tokens one request may generate in the worst case (its cost: n × max_tokens for "
+        "plain sampling; every proposal, particle, rollout and look-ahead for the other "
+        "strategies). A costlier request is a 400 naming the knob to lower. The response's "
+        "`decoding.cost` reports it.",
+        262144,
+    )
+    max_queue_tokens: int = _opt(
+        "Most worst-case tokens of all admitted requests together; beyond it new requests get a "
+        "429 (a request alone is always admitted). 0 = no limit but --max-queue.",
+        1048576,
+    )
+    max_body_bytes: int = _opt("Largest request body, in bytes; a larger one is a 413.", 8 * 1024 * 1024)
+    shutdown_timeout: float = _opt(
+        "Seconds requests in flight get to finish after SIGTERM; then they are cancelled with an "
+        "OpenAI error (an error event when streaming) and the process exits.",
+        5.0,
+    )
     request_timeout: float = _opt(
         "Seconds a generation request may run before it is cancelled and answered with HTTP 504 "
         "(an error event when streaming); 0 = no limit.",
@@ -110,6 +128,10 @@ class ServerConfig:
             (0 <= self.port <= 65535, f"port: must be in [0, 65535], got {self.port}"),
             (self.max_queue >= 1, f"max_queue: must be >= 1, got {self.max_queue}"),
             (self.retry_after >= 0, f"retry_after: must be >= 0, got {self.retry_after}"),
+            (self.max_request_tokens >= 1, f"max_request_tokens: must be >= 1, got {self.max_request_tokens}"),
+            (self.max_queue_tokens >= 0, f"max_queue_tokens: must be >= 0, got {self.max_queue_tokens}"),
+            (self.max_body_bytes >= 1024, f"max_body_bytes: must be >= 1024, got {self.max_body_bytes}"),
+            (self.shutdown_timeout >= 0, f"shutdown_timeout: must be >= 0, got {self.shutdown_timeout}"),
             (self.request_timeout >= 0, f"request_timeout: must be >= 0, got {self.request_timeout}"),
             (self.heartbeat_interval > 0, f"heartbeat_interval: must be > 0, got {self.heartbeat_interval}"),
             (self.max_batch >= 1, f"max_batch: must be >= 1, got {self.max_batch}"),

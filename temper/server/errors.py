@@ -76,11 +76,10 @@ def model_not_found(name: str) -> APIError:
     return APIError(404, f"The model `{name}` does not exist.", "model")
 
 
-def queue_full(limit: int, retry_after: int) -> APIError:
+def queue_full(limit: int, retry_after: int, token_limit: int | None = None) -> APIError:
+    what = f"{token_limit} worst-case tokens" if token_limit is not None else f"{limit} requests"
     return APIError(
-        429,
-        f"The server is at its limit of {limit} requests in flight; retry later.",
-        headers={"Retry-After": str(retry_after)},
+        429, f"The server is at its limit of {what} in flight; retry later.", headers={"Retry-After": str(retry_after)}
     )
 
 
@@ -95,6 +94,10 @@ def request_timeout(seconds: float) -> APIError:
 
 def aborted() -> APIError:
     return APIError(503, "The request was aborted by /pause?mode=abort; retry once the server resumes.")
+
+
+def shutting_down() -> APIError:
+    return APIError(503, "The server is shutting down; the request was cancelled. Retry on another server.")
 
 
 def unauthorized() -> APIError:
@@ -146,8 +149,10 @@ def _from_validation(exc: RequestValidationError) -> APIError:
 def install_error_handlers(app: FastAPI) -> None:
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         err = as_api_error(exc)
-        if err.status >= 500:
+        if err.status == 500:  # a bug: the traceback matters
             log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        elif err.status > 500:  # a timeout or an engine that cannot serve: expected, one line
+            log.warning("%s %s: %d %s", request.method, request.url.path, err.status, err.message)
         return err.response()
 
     async def handle_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

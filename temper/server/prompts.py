@@ -62,6 +62,7 @@ class Generation:
     return_token_ids: bool = False  # prompt_token_ids and token_ids in the response
     as_ids: bool = False  # log-prob tokens read "token_id:<id>"
     request_id: str | None = None  # the client's id for the response (vLLM's request_id)
+    cost: int = 0  # worst-case tokens the request may generate (all its prompt runs)
 
     @property
     def strategy(self) -> Strategy:
@@ -167,7 +168,7 @@ def sampling_settings(
         if v is not None:
             data[name] = v
     try:
-        return SamplingSettings.model_validate(data)
+        settings = SamplingSettings.model_validate(data)
     except ValidationError as exc:
         err = param_error_from(exc)
         head = (err.param or "").split(".")[0]
@@ -175,6 +176,8 @@ def sampling_settings(
             p = aliases[head]
             raise ParamError(err.message.replace(head, p, 1), p) from None
         raise err from None
+    check_token_ids(target.engine, settings.stop_token_ids, "stop_token_ids")
+    return settings
 
 
 def check_token_ids(engine: Engine, ids: Sequence[int], param: str) -> None:
@@ -209,7 +212,25 @@ def check_prompt(engine: Engine, ids: Sequence[int], max_tokens: int | None, par
 # ------------------------------------------------------------------------------------ prompts
 
 
-def encode_prompts(engine: Engine, prompt, add_special_tokens: bool = True) -> list[tuple[list[int], str | None]]:
+def check_length_bound(engine: Engine, texts: Sequence[str], param: str) -> None:
+    """400 for text that cannot fit the model's context whatever its tokens: B bytes are at
+    least B / (the most bytes a token stands for) tokens. Refusing it here costs microseconds;
+    tokenising a multi-megabyte prompt only to refuse it costs seconds of CPU."""
+    most = getattr(engine.tokenizer, "max_token_bytes", None)
+    if not most:
+        return
+    least = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts) // most
+    if least >= engine.max_context:
+        raise bad_request(
+            f"This model's maximum context length is {engine.max_context} tokens. However, your {param} "
+            f"holds at least {least} tokens. Please reduce its length.",
+            param,
+        )
+
+
+def encode_prompts(
+    engine: Engine, prompt, add_special_tokens: bool = True, *, bound: bool = True
+) -> list[tuple[list[int], str | None]]:
     """(token ids, text or None) per prompt, whichever of OpenAI's four prompt forms was sent."""
     if isinstance(prompt, str):
         prompts = [prompt]
@@ -223,6 +244,8 @@ def encode_prompts(engine: Engine, prompt, add_special_tokens: bool = True) -> l
         raise bad_request("prompt: must not be empty", "prompt")
     if len(prompts) > MAX_PROMPTS:
         raise bad_request(f"prompt: at most {MAX_PROMPTS} prompts per request", "prompt")
+    if bound:
+        check_length_bound(engine, [p for p in prompts if isinstance(p, str)], "prompt")
     out = []
     for p in prompts:
         if isinstance(p, str):
@@ -279,6 +302,7 @@ class Target:
     options: StrategyOptions
     max_logprobs: int = 20  # -1 = the whole vocabulary
     processed: bool = False  # --logprobs-mode processed_logprobs
+    max_request_tokens: int | None = None  # --max-request-tokens: the most one request may cost
 
     def cap(self, k: int | None) -> int | None:
         """vLLM's -1 (every token) as a count."""
@@ -291,9 +315,9 @@ def prompt_runs(
     settings: SamplingSettings,
     decoding: Mapping[str, Any] | None,
     question: str | None = None,
-) -> tuple[list[PromptRun], int]:
+) -> tuple[list[PromptRun], int, int]:
     """One PromptRun per prompt, all with the request's strategy (validated once), checked by
-    the strategy before any engine work; and the choices per prompt."""
+    the strategy before any engine work; the choices per prompt; the request's cost."""
     strategy, params = parse_decoding(decoding)
     if settings.logprobs and target.processed and not strategy.sampled_logprobs(params):
         raise bad_request(
@@ -315,10 +339,23 @@ def prompt_runs(
         )
         strategy.check(req, params)
         runs.append(PromptRun(req, strategy, params, i, text))
-    return runs, settings.n
+    cost = sum(strategy.cost(r.req, params) for r in runs)
+    limit = target.max_request_tokens
+    if limit is not None and cost > limit:
+        knob = strategy.cost_knob(params)
+        raise bad_request(
+            f"{knob}: this request may generate up to {cost} tokens (its worst case: every proposal, "
+            f"particle and rollout counted), more than this server's limit of {limit} "
+            f"(--max-request-tokens); lower {knob}, max_tokens or n",
+            knob,
+        )
+    return runs, settings.n, cost
 
 
-def generation(target: Target, kind, body: GenerationRequest, runs, stride: int, k: int | None, **kw) -> Generation:
+def generation(
+    target: Target, kind, body: GenerationRequest, planned: tuple[list[PromptRun], int, int], k: int | None, **kw
+) -> Generation:
+    runs, stride, cost = planned
     return Generation(
         kind,
         target.name,
@@ -333,6 +370,7 @@ def generation(target: Target, kind, body: GenerationRequest, runs, stride: int,
         return_token_ids=bool(body.return_token_ids),
         as_ids=bool(body.return_tokens_as_token_ids),
         request_id=body.request_id,
+        cost=cost,
         **kw,
     )
 
@@ -348,8 +386,8 @@ def build_completion(target: Target, body: CompletionRequest) -> Generation:
     prompts = encode_prompts(target.engine, body.prompt, body.add_special_tokens)
     for ids, _ in prompts:
         check_prompt(target.engine, ids, settings.max_tokens, "prompt")
-    runs, stride = prompt_runs(target, prompts, settings, body.decoding)
-    return generation(target, "completion", body, runs, stride, k, echo=bool(body.echo))
+    planned = prompt_runs(target, prompts, settings, body.decoding)
+    return generation(target, "completion", body, planned, k, echo=bool(body.echo))
 
 
 def build_chat(target: Target, body: ChatCompletionRequest) -> Generation:
@@ -364,8 +402,9 @@ def build_chat(target: Target, body: ChatCompletionRequest) -> Generation:
     k = target.cap(body.top_logprobs or 0) if body.logprobs else None
     settings = sampling_settings(body, target, max_tokens=max_tokens, logprobs=k, aliases={"max_tokens": alias})
     messages = message_dicts(body.messages)
+    check_length_bound(target.engine, [m["content"] for m in messages], "messages")
     ids = render_chat(target.engine, messages, body.add_generation_prompt)
     check_prompt(target.engine, ids, settings.max_tokens, "messages")
     question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
-    runs, stride = prompt_runs(target, [(ids, None)], settings, body.decoding, question)
-    return generation(target, "chat", body, runs, stride, k)
+    planned = prompt_runs(target, [(ids, None)], settings, body.decoding, question)
+    return generation(target, "chat", body, planned, k)

@@ -11,13 +11,20 @@ strategy's `Params`. Response bodies are built by responses.py and streaming.py.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON true is not the token id 1, 1e30 not an integer; as the schema documents
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def neutral(*values: Any) -> Any:
+    """A field temper knows but does not implement: only these values are accepted (the first
+    is the default), and the schema says so (prompts.NEUTRAL holds the same values)."""
+    return Field(default=values[0], json_schema_extra={"enum": list(values)})
 
 
 class StreamOptions(_Body):
@@ -48,27 +55,27 @@ class GenerationRequest(_Body):
     request_id: str | None = None  # vLLM: becomes the response id
     user: str | None = None  # OpenAI: an end-user id, for the caller's own bookkeeping
     # Known, but only honoured at their neutral values (a 400 names them otherwise)
-    min_p: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    repetition_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
-    min_tokens: int | None = None
-    skip_special_tokens: bool | None = None
-    spaces_between_special_tokens: bool | None = None
-    include_stop_str_in_output: bool | None = None
-    allowed_token_ids: list[int] | None = None
-    bad_words: list[str] | None = None
-    logprob_token_ids: list[int] | None = None
-    structured_outputs: dict[str, Any] | None = None
+    min_p: float | None = neutral(None, 0, 0.0)
+    presence_penalty: float | None = neutral(None, 0, 0.0)
+    frequency_penalty: float | None = neutral(None, 0, 0.0)
+    repetition_penalty: float | None = neutral(None, 1, 1.0)
+    logit_bias: dict[str, float] | None = neutral(None, {})
+    min_tokens: int | None = neutral(None, 0)
+    skip_special_tokens: bool | None = neutral(None, True)
+    spaces_between_special_tokens: bool | None = neutral(None, True)
+    include_stop_str_in_output: bool | None = neutral(None, False)
+    allowed_token_ids: list[int] | None = neutral(None)
+    bad_words: list[str] | None = neutral(None, [])
+    logprob_token_ids: list[int] | None = neutral(None)
+    structured_outputs: dict[str, Any] | None = neutral(None)
     response_format: dict[str, Any] | None = None
-    use_beam_search: bool | None = None
-    length_penalty: float | None = None
-    truncate_prompt_tokens: int | None = None
-    priority: int | None = None
-    cache_salt: str | None = None
-    vllm_xargs: dict[str, Any] | None = None
-    kv_transfer_params: dict[str, Any] | None = None
+    use_beam_search: bool | None = neutral(None, False)
+    length_penalty: float | None = neutral(None, 1, 1.0)
+    truncate_prompt_tokens: int | None = neutral(None)
+    priority: int | None = neutral(None, 0)
+    cache_salt: str | None = neutral(None)
+    vllm_xargs: dict[str, Any] | None = neutral(None, {})
+    kv_transfer_params: dict[str, Any] | None = neutral(None)
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -86,8 +93,8 @@ class CompletionRequest(GenerationRequest):
     echo: bool | None = False
     logprobs: int | None = None  # top-k alternatives per token (0 = only the chosen token)
     add_special_tokens: bool = True  # vLLM: tokenise text prompts with the model's special tokens
-    best_of: int | None = None
-    suffix: str | None = None
+    best_of: int | None = neutral(None, 1)
+    suffix: str | None = neutral(None, "")
 
 
 class ContentPart(_Body):
@@ -96,7 +103,7 @@ class ContentPart(_Body):
 
 
 class ChatMessage(_Body):
-    role: str
+    role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
 
@@ -109,17 +116,17 @@ class ChatCompletionRequest(GenerationRequest):
     top_logprobs: int | None = None
     add_generation_prompt: bool = True  # vLLM extra
     # Known, but only honoured at their neutral values
-    continue_final_message: bool | None = None
-    echo: bool | None = None
-    add_special_tokens: bool | None = None
-    chat_template: str | None = None
-    chat_template_kwargs: dict[str, Any] | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    parallel_tool_calls: bool | None = None
-    documents: list[Any] | None = None
-    reasoning_effort: str | None = None
-    store: bool | None = None
+    continue_final_message: bool | None = neutral(None, False)
+    echo: bool | None = neutral(None, False)
+    add_special_tokens: bool | None = neutral(None, False)
+    chat_template: str | None = neutral(None)
+    chat_template_kwargs: dict[str, Any] | None = neutral(None, {})
+    tools: list[Any] | None = neutral(None, [])
+    tool_choice: Any = neutral(None, "none", "auto")
+    parallel_tool_calls: bool | None = neutral(None, True, False)
+    documents: list[Any] | None = neutral(None, [])
+    reasoning_effort: str | None = neutral(None)
+    store: bool | None = neutral(None, False)
     metadata: dict[str, Any] | None = None
 
 

@@ -6,10 +6,14 @@ The streamed shapes are streaming.py's; both take the shared pieces from here.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
+
+from fastapi.responses import Response
 
 from temper.decoding.strategies.completion import Completion
 from temper.server.logprobs import TokenLogprobs, chat_content, legacy, prompt_logprobs
@@ -22,6 +26,13 @@ ID_PREFIX = {"completion": "cmpl", "chat": "chatcmpl"}
 WEIGHT_VERSION_HEADER = "X-Weight-Version"  # the weights that produced a response (RL trainers)
 
 
+async def json_response(payload: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    """A JSON response rendered off the event loop: long outputs (thousands of tokens with
+    log-probs, a tokenised megabyte) take tens of milliseconds to serialise."""
+    body = await asyncio.to_thread(json.dumps, payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return Response(body.encode(), media_type="application/json", headers=headers)
+
+
 def response_id(gen: Generation) -> tuple[str, int]:
     """The response id (vLLM's: from the client's request_id when it sent one) and creation time."""
     return f"{ID_PREFIX[gen.kind]}-{gen.request_id or uuid.uuid4().hex}", int(time.time())
@@ -32,8 +43,8 @@ def decoding_field(gen: Generation, outputs: Sequence[RunOutput]) -> dict[str, A
     completions request had several)."""
     name = gen.strategy.name
     if len(outputs) == 1:
-        return {"strategy": name, **outputs[0].result.metadata}
-    return {"strategy": name, "prompts": [dict(o.result.metadata) for o in outputs]}
+        return {"strategy": name, **outputs[0].result.metadata, "cost": gen.cost}
+    return {"strategy": name, "cost": gen.cost, "prompts": [dict(o.result.metadata) for o in outputs]}
 
 
 def weight_version(outputs: Sequence[RunOutput]) -> int:

@@ -8,14 +8,15 @@ the model's own chat template. Both answer OpenAI's shapes plus a `decoding` fie
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from temper.server.prompts import Generation, build_chat, build_completion
 from temper.server.protocol import ChatCompletionRequest, CompletionRequest
-from temper.server.responses import WEIGHT_VERSION_HEADER, response_body
+from temper.server.responses import WEIGHT_VERSION_HEADER, json_response, response_body
 from temper.server.state import ServerState
 from temper.server.streaming import stream_response
 
@@ -31,16 +32,16 @@ async def generate(request: Request, body: CompletionRequest | ChatCompletionReq
     with state.metrics.record().failures() as record:
         target = state.target(body.model)
         record.model = target.name
-        gen = build(target, body)
+        gen = await asyncio.to_thread(build, target, body)  # tokenising: off the event loop
         record.strategy = gen.strategy.name
         tt = state.token_texts[target.name]
         if gen.stream:
             return await stream_response(state.runner, gen, tt, record)
         outputs = await state.runner.run(request, gen)
-        payload = response_body(gen, tt, outputs)
+        payload = await asyncio.to_thread(response_body, gen, tt, outputs)  # detokenising, too
         record.count(payload["usage"])
         record.finish(200)
-        return JSONResponse(payload, headers={WEIGHT_VERSION_HEADER: str(payload["weight_version"])})
+        return await json_response(payload, {WEIGHT_VERSION_HEADER: str(payload["weight_version"])})
 
 
 @router.post("/v1/completions")

@@ -10,17 +10,18 @@ does engine work.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from temper.decoding.engine import Scored
 from temper.server.errors import bad_request
 from temper.server.logprobs import TokenLogprobs
 from temper.server.prompts import encode_prompts
 from temper.server.protocol import LogprobsRequest
-from temper.server.responses import WEIGHT_VERSION_HEADER
+from temper.server.responses import WEIGHT_VERSION_HEADER, json_response
 from temper.server.state import ServerState
 from temper.server.text import TokenText
 
@@ -63,7 +64,8 @@ async def score(body: LogprobsRequest, request: Request) -> Response:
         record.strategy = "score"
         name, engine = state.model(body.model)
         record.model = name
-        seqs = [ids for ids, _ in encode_prompts(engine, body.prompt, body.add_special_tokens)]
+        prompts = await asyncio.to_thread(encode_prompts, engine, body.prompt, body.add_special_tokens)
+        seqs = [ids for ids, _ in prompts]
         check_scoring(body, seqs, engine.max_context, state.config.max_logprobs)
 
         async def work() -> tuple[int, list[Scored]]:  # runs holding the weights: one version
@@ -80,4 +82,4 @@ async def score(body: LogprobsRequest, request: Request) -> Response:
         record.count(usage)
         record.finish(200)
         body = {"object": "list", "model": name, "data": data, "usage": usage, "weight_version": version}
-        return JSONResponse(body, headers={WEIGHT_VERSION_HEADER: str(version)})
+        return await json_response(body, {WEIGHT_VERSION_HEADER: str(version)})

@@ -23,7 +23,16 @@ from fastapi import Request
 from temper.decoding.engine import Scored, TokenDraw
 from temper.decoding.errors import ParamError
 from temper.decoding.strategies.completion import StrategyResult, fill_logprobs
-from temper.server.errors import APIError, ClientGone, aborted, as_api_error, bad_request, queue_full, request_timeout
+from temper.server.errors import (
+    APIError,
+    ClientGone,
+    aborted,
+    as_api_error,
+    bad_request,
+    queue_full,
+    request_timeout,
+    shutting_down,
+)
 from temper.server.logprobs import TokenLogprobs, choice_logprobs, echo_logprobs
 from temper.server.prompts import Generation, PromptRun
 from temper.server.weights import Pause, WeightGate
@@ -73,30 +82,37 @@ Event = TokenEvent | EchoEvent | DoneEvent | Heartbeat
 
 
 class Slot:
-    """One request's place in flight; released exactly once."""
+    """One request's place in flight and its cost; released exactly once."""
 
-    def __init__(self, admission: Admission):
+    def __init__(self, admission: Admission, cost: int):
         self._admission: Admission | None = admission
+        self.cost = cost
 
     def release(self) -> None:
         if self._admission is not None:
             self._admission.in_flight -= 1
+            self._admission.tokens -= self.cost
             self._admission = None
 
 
 class Admission:
-    """A bounded count of requests in flight; beyond `limit`, 429 with Retry-After."""
+    """Requests in flight, bounded by count (`limit`) and by their summed worst-case tokens
+    (`token_limit`; a request alone is always admitted); beyond either, 429 with Retry-After."""
 
-    def __init__(self, limit: int, retry_after: int):
+    def __init__(self, limit: int, retry_after: int, token_limit: int | None = None):
         self.limit = limit
         self.retry_after = retry_after
+        self.token_limit = token_limit
         self.in_flight = 0
+        self.tokens = 0  # summed cost of the requests in flight
 
-    def enter(self) -> Slot:
-        if self.in_flight >= self.limit:
-            raise queue_full(self.limit, self.retry_after)
+    def enter(self, cost: int = 0) -> Slot:
+        over_tokens = self.token_limit is not None and self.in_flight and self.tokens + cost > self.token_limit
+        if self.in_flight >= self.limit or over_tokens:
+            raise queue_full(self.limit, self.retry_after, self.token_limit if over_tokens else None)
         self.in_flight += 1
-        return Slot(self)
+        self.tokens += cost
+        return Slot(self, cost)
 
 
 def usage(outputs: Sequence[RunOutput]) -> dict[str, int]:
@@ -118,7 +134,7 @@ def strategy_error(exc: BaseException) -> APIError:
 
 async def echo_part(gen: Generation, run: PromptRun) -> Part:
     """The echoed prompt of a completions request: its text and, k given, its log-probs."""
-    text = run.text if run.text is not None else gen.engine.tokenizer.decode(run.req.prompt)
+    text = run.text if run.text is not None else await asyncio.to_thread(gen.engine.tokenizer.decode, run.req.prompt)
     lp = await echo_logprobs(gen.engine, run.req.prompt, gen.logprobs) if gen.logprobs is not None else None
     return text, lp
 
@@ -130,7 +146,8 @@ async def execute(gen: Generation, run: PromptRun, on_token=None, *, echo: bool 
     result = await run.run(on_token)
     if gen.logprobs is not None and not gen.processed:
         await fill_logprobs(gen.engine, run.req.prompt, result.completions, gen.logprobs)
-    choices = choice_logprobs(gen.engine, result.completions, gen.logprobs, gen.processed)
+    # detokenising (text, offsets) off the event loop: a long output takes milliseconds
+    choices = await asyncio.to_thread(choice_logprobs, gen.engine, result.completions, gen.logprobs, gen.processed)
     out = RunOutput(run, result, choices, version, await echo_part(gen, run) if echo else None)
     if gen.prompt_logprobs is not None:
         (out.prompt_scored,) = await gen.engine.score([run.req.prompt], start=1, top_k=gen.prompt_logprobs, ranks=True)
@@ -169,12 +186,15 @@ class Scope:
     def __init__(self, model: str) -> None:
         self.model = model
         self.tasks: list[asyncio.Task] = []
-        self.aborted = False
+        self.aborted: APIError | None = None  # why the server cancelled it (/pause, shutdown)
         self.holding = False  # holds the model's weights (WeightGate.acquire_shared)
+        self.wake: asyncio.Event | None = None  # set on abort: a stream waiting for events sees it
 
-    def abort(self) -> None:
-        self.aborted = True
+    def abort(self, why: APIError) -> None:
+        self.aborted = why
         _stop(self.tasks)
+        if self.wake is not None:
+            self.wake.set()
 
 
 class Runner:
@@ -192,6 +212,7 @@ class Runner:
         self.gates = gates
         self.pause = pause
         self._scopes: set[Scope] = set()
+        self.closing = False
 
     @property
     def in_flight(self) -> int:
@@ -201,8 +222,18 @@ class Runner:
         """Cancel every running request (they answer 503); returns how many there were."""
         running = [s for s in self._scopes if s.holding]
         for scope in running:
-            scope.abort()
+            scope.abort(aborted())
         return len(running)
+
+    def shutdown(self) -> int:
+        """The server is stopping: cancel every request, running or waiting, with a 503 (a
+        final error event when streaming), and refuse new ones. Returns how many there were."""
+        self.closing = True
+        self.pause.resume()  # requests held by /pause wake up, and see they are cancelled
+        scopes = list(self._scopes)
+        for scope in scopes:
+            scope.abort(shutting_down())
+        return len(scopes)
 
     async def drain(self) -> None:
         """Return once no request holds any model's weights (new ones may be waiting)."""
@@ -212,9 +243,13 @@ class Runner:
     async def _enter(self, scope: Scope) -> None:
         """Wait while the server is paused, then hold the model's weights (shared) for as long
         as the work runs (until _leave), so no weight update lands in the middle of a response."""
+        if self.closing:
+            raise shutting_down()
         self._scopes.add(scope)
         await self.pause.wait_running()
         await self.gates[scope.model].acquire_shared(scope)
+        if scope.aborted:
+            raise scope.aborted
 
     def _leave(self, scope: Scope) -> None:
         """Cancel what still runs and give the weights back; never waits."""
@@ -222,10 +257,13 @@ class Runner:
         self._scopes.discard(scope)
         self.gates[scope.model].release_shared(scope)
 
-    async def call(self, request: Request, model: str, work: Callable[[], Sequence[Awaitable[T]]]) -> list[T]:
-        """Admit, then run the awaitables `work()` makes concurrently on `model`; cancel all of
-        them if one fails, the client leaves, or the server's request timeout passes."""
-        slot = self.admission.enter()
+    async def call(
+        self, request: Request, model: str, work: Callable[[], Sequence[Awaitable[T]]], cost: int = 0
+    ) -> list[T]:
+        """Admit (by count and `cost`), then run the awaitables `work()` makes concurrently on
+        `model`; cancel all of them if one fails, the client leaves, or the server's request
+        timeout passes."""
+        slot = self.admission.enter(cost)
         watcher = asyncio.ensure_future(_disconnected(request))
         deadline = self._deadline()
         scope = Scope(model)
@@ -236,7 +274,7 @@ class Runner:
             everything.add_done_callback(_retrieve)
             await self._within(deadline, asyncio.wait({everything, watcher}, return_when=asyncio.FIRST_COMPLETED))
             if scope.aborted:
-                raise aborted()
+                raise scope.aborted
             if everything.done():
                 try:
                     return everything.result()
@@ -250,12 +288,13 @@ class Runner:
 
     async def run(self, request: Request, gen: Generation) -> list[RunOutput]:
         """Every prompt run of a JSON request, with its echo when asked for."""
-        return await self.call(request, gen.model, lambda: [execute(gen, run, echo=gen.echo) for run in gen.runs])
+        work = lambda: [execute(gen, run, echo=gen.echo) for run in gen.runs]
+        return await self.call(request, gen.model, work, gen.cost)
 
     async def open_stream(self, gen: Generation) -> Stream:
         """Admit a streamed request and take its model's weights before any byte goes out, so
         a 429 or 504 is a real HTTP status and the headers can name the weight version."""
-        slot = self.admission.enter()
+        slot = self.admission.enter(gen.cost)
         stream = Stream(slot, Scope(gen.model), self._deadline(), self)
         try:
             await self._within(stream.deadline, self._enter(stream.scope))
@@ -274,6 +313,7 @@ class Runner:
         left) cancels the work; the stream's close() gives back its slot and weights."""
         scope, deadline = stream.scope, stream.deadline
         events = EventQueue()
+        scope.wake = events.ready
         try:
             if gen.echo:
                 parts = await self._within(deadline, asyncio.gather(*(echo_part(gen, r) for r in gen.runs)))
@@ -285,7 +325,7 @@ class Runner:
             pending = len(scope.tasks)
             while pending:
                 if scope.aborted:
-                    raise aborted()
+                    raise scope.aborted
                 event = events.pop()
                 if event is None:
                     if events.failed:

@@ -38,7 +38,7 @@ class ServerState:
             raise ValueError(f"frozen: no served model named {unknown[0]!r} (served: {', '.join(self.engines)})")
         self.gates = {name: WeightGate(frozen=name in c.frozen) for name in self.engines}
         self.pause = Pause()
-        admission = Admission(c.max_queue, c.retry_after)
+        admission = Admission(c.max_queue, c.retry_after, c.max_queue_tokens or None)
         self.runner = Runner(admission, c.request_timeout, c.heartbeat_interval, self.gates, self.pause)
         self.token_texts = {name: TokenText(e.tokenizer) for name, e in self.engines.items()}
         self.metrics.watch(lambda: self.engines, lambda: (self.runner.in_flight, self.runner.admission.limit))
@@ -48,7 +48,7 @@ class ServerState:
         name, engine = self.model(name)
         c = self.config
         processed = c.logprobs_mode == "processed_logprobs"
-        return Target(name, engine, self.engines, self.options, c.max_logprobs, processed)
+        return Target(name, engine, self.engines, self.options, c.max_logprobs, processed, c.max_request_tokens)
 
     def model(self, name: str | None) -> tuple[str, Engine]:
         """A served model by name (None or "" = the default); 404 for an unknown one."""

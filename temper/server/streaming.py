@@ -342,8 +342,10 @@ async def write_stream(
         # headers are gone: the error travels as an event, as vLLM sends it
         err = strategy_error(exc)
         status = err.status
-        if status >= 500:  # a bug: logged as the error handler logs a non-streamed one
+        if status == 500:  # a bug: logged as the error handler logs a non-streamed one
             log.error("streamed request failed", exc_info=exc)
+        elif status > 500:
+            log.warning("streamed request ended: %d %s", status, err.message)
         yield sse(err.body())
         yield DONE
     finally:

@@ -42,8 +42,11 @@ from temper.decoding.engines.hf_sampling import sample_rows, score_chunk
 from temper.decoding.engines.hf_seq import SampleCall, Seq, SeqStatus
 from temper.decoding.engines.hf_tokenizer import HFTokenizer
 from temper.decoding.engines.prefix_cache import PrefixCache
+from temper.decoding.errors import EngineDeadError
 
 log = logging.getLogger(__name__)
+
+MAX_FAILURES = 3  # steps failing in a row before the engine gives up (healthy = False)
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[2] / "assets" / "tiny-chat"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -91,6 +94,9 @@ class HFEngine:
         self.max_batch = max_batch
         self.stats = EngineStats()
         self.weight_version = 0
+        self.healthy = True  # False once the engine cannot recover (see _step_failed)
+        self._failures = 0  # steps failed in a row
+        self._stepping: list[Seq] = []  # the sequences of the step in progress
         self.prefix_cache = PrefixCache(prefix_cache_tokens, seq_dim=3)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"hf-{name}")
         self._waiting: collections.deque[Seq] = collections.deque()
@@ -135,6 +141,8 @@ class HFEngine:
         return len(self._waiting) + running
 
     async def sample(self, specs: Sequence[SampleSpec], on_token: TokenCallback | None = None) -> list[Sample]:
+        if not self.healthy:
+            raise EngineDeadError(f"engine {self.name!r} cannot serve after repeated failures")
         for spec in specs:
             check_fits(self.max_context, spec)
         if not specs:
@@ -170,6 +178,8 @@ class HFEngine:
         top_k: int = 0,
         ranks: bool = False,
     ) -> list[Scored]:
+        if not self.healthy:
+            raise EngineDeadError(f"engine {self.name!r} cannot serve after repeated failures")
         starts = score_starts(sequences, start, self.max_context)
         loop = asyncio.get_running_loop()
         seqs = [list(s) for s in sequences]
@@ -227,10 +237,10 @@ class HFEngine:
                 events = await loop.run_in_executor(self._pool, self._step)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # fail the callers, keep serving
-                log.exception("engine step failed")
-                self._fail_all(exc)
+            except Exception as exc:  # fail the step's callers, keep serving the others
+                self._step_failed(exc)
                 continue
+            self._failures = 0
             self._deliver(events)
 
     def _drop_cancelled(self) -> None:
@@ -241,11 +251,23 @@ class HFEngine:
                 if s.call.cancelled:
                     s.finish("abort")  # an aborted row's KV is not cached (see _retire)
 
-    def _fail_all(self, exc: Exception) -> None:
-        self._waiting.clear()
+    def _step_failed(self, exc: Exception) -> None:
+        """A step raised (a bad tensor, an out-of-memory): the calls whose sequences were in it
+        fail with the error, the batch is dropped (its KV may be half-written), the waiting
+        sequences of other calls go on. MAX_FAILURES steps failing in a row mean the engine
+        cannot recover: it fails everything and refuses new work (`healthy` turns False)."""
+        self._failures += 1
+        log.error("engine %s: step failed (%d in a row)", self.name, self._failures, exc_info=exc)
         self._batch = None
-        for call in self._calls:
-            call.fail(exc)
+        if self._failures >= MAX_FAILURES:
+            self.healthy = False
+            dead = EngineDeadError(f"engine {self.name!r} failed {self._failures} steps in a row: {exc}")
+            self._waiting.clear()
+            for call in self._calls:
+                call.fail(dead)
+            return
+        for seq in self._stepping:
+            seq.call.fail(exc)
 
     def _deliver(self, events: list[tuple[Seq, int]]) -> None:
         """Run token callbacks (event-loop side) and resolve finished calls. A step can append
@@ -290,6 +312,7 @@ class HFEngine:
         one decode step for every live row. Returns (sequence, token) for each new token."""
         events: list[tuple[Seq, int]] = []
         batch = self._batch
+        self._stepping = list(batch.rows) if batch is not None else []
         self._retire_finished(batch)  # rows stopped by a callback or cancelled since last step
         room = self.max_batch - (len(batch.live()) if batch is not None else 0)
         admitted: list[Seq] = []
@@ -299,6 +322,7 @@ class HFEngine:
                 continue
             admitted.append(seq)
             room -= 1
+        self._stepping += admitted
         if admitted:
             events += self._admit(admitted)
         joining = [s for s in admitted if not s.done]

@@ -6,6 +6,7 @@ template get a plain `role: content` transcript so chat requests still work (doc
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 FALLBACK_TEMPLATE = (
@@ -19,6 +20,14 @@ class HFTokenizer:
         self.hf = hf  # the transformers tokenizer, for callers that need token strings/bytes
         self.eos_ids = tuple(eos_ids)
         self.vocab_size = len(hf)
+
+    @functools.cached_property
+    def max_token_bytes(self) -> int:
+        """The most UTF-8 bytes one token can stand for (special tokens included): a text of
+        B bytes is at least B / max_token_bytes tokens, a bound known without tokenising it."""
+        pieces = self.hf.convert_ids_to_tokens(list(range(len(self.hf))))
+        decoded = (self.hf.convert_tokens_to_string([p]) for p in pieces if p is not None)
+        return max(1, *(len(p.encode("utf-8", "replace")) for p in pieces if p), *(len(d.encode()) for d in decoded))
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         return list(self.hf(text, add_special_tokens=add_special_tokens)["input_ids"])

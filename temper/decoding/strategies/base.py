@@ -86,11 +86,18 @@ class Strategy(ABC):
     streams_tokens: ClassVar[bool] = False  # tokens are final when sampled (token streaming)
 
     def parse(self, raw: Mapping[str, Any]) -> BaseModel:
-        """Validate the request's `decoding` object (minus "strategy") into Params."""
+        """Validate the request's `decoding` object (minus "strategy") into Params, strictly
+        (JSON's 1 is not true, "4" is not 4.0: what the OpenAPI schema documents)."""
         try:
-            return self.Params.model_validate(dict(raw))
+            return self.Params.model_validate(dict(raw), strict=True)
         except ValidationError as exc:
             raise param_error_from(exc, "decoding") from None
+
+    @classmethod
+    def json_schemas(cls) -> list[dict[str, Any]]:
+        """JSON schemas of this strategy's `decoding` object (its Params), one per variant that
+        the OpenAPI document should tell apart (most strategies have one)."""
+        return [cls.Params.model_json_schema()]
 
     def settings(self, settings: SamplingSettings, params: BaseModel) -> SamplingSettings:
         """The sampling settings this strategy runs the request with (what `n` choices come
@@ -114,6 +121,11 @@ class Strategy(ABC):
         look-ahead included), known before it runs: the server admits requests by it and
         refuses those above its limit. The default is plain sampling's: n × the token budget."""
         return req.settings.n * req.max_new_tokens()
+
+    def cost_knob(self, params: Any) -> str:
+        """The request field that scales `cost` most: what a client over the server's limit
+        should lower (the 400 names it)."""
+        return "max_tokens"
 
     @abstractmethod
     async def run(

@@ -44,6 +44,12 @@ class BestOfNStrategy(RolloutStrategy):
     name = "best_of_n"
     Params = BestOfNParams
 
+    def cost(self, req: DecodeRequest, params: BestOfNParams) -> int:
+        return self.rollout_cost(req, params, params.candidates, choices=True)
+
+    def cost_knob(self, params: BestOfNParams) -> str:
+        return "decoding.candidates"
+
     def check(self, req: DecodeRequest, params: BestOfNParams) -> None:
         check_n(req, params.candidates, "candidates are drawn (decoding.candidates)")
         self.check_rollouts(req, params, params.candidates, choices=True)

@@ -27,10 +27,11 @@ import numpy as np
 from temper.decoding.counting_engine import CountingEngine
 from temper.decoding.engine import TokenCallback
 from temper.decoding.errors import ParamError
+from temper.decoding.power_math import block_lengths
 from temper.decoding.strategies.base import DecodeRequest, Strategy
 from temper.decoding.strategies.completion import Completion, StrategyResult, apply_stops, fill_logprobs
 from temper.decoding.strategies.power_mh import run_mh
-from temper.decoding.strategies.power_params import PowerParams, token_budget
+from temper.decoding.strategies.power_params import MH_ONLY, SMC_ONLY, PowerParams, token_budget
 from temper.decoding.strategies.power_smc import run_smc
 
 
@@ -59,6 +60,18 @@ class PowerStrategy(Strategy):
     Params = PowerParams
     streams_tokens = False  # nothing is final before the chain / particle system ends
 
+    @classmethod
+    def json_schemas(cls) -> list[dict]:
+        """One schema per method: a knob of the other method is a 400, so neither lists it."""
+        full = PowerParams.model_json_schema()
+        variants = []
+        for method, foreign in (("mh", SMC_ONLY), ("smc", MH_ONLY)):
+            props = {k: v for k, v in full["properties"].items() if k not in foreign}
+            props["method"] = {**props["method"], "enum": [method]}
+            required = ["method"] if method != "mh" else []
+            variants.append({**full, "properties": props, "required": required})
+        return variants
+
     def check(self, req: DecodeRequest, params: PowerParams) -> None:
         if not req.prompt:
             raise ParamError("prompt: must hold at least one token", "prompt")
@@ -72,6 +85,18 @@ class PowerStrategy(Strategy):
                 f"limit of {limit} per request",
                 "n",
             )
+
+    def cost(self, req: DecodeRequest, params: PowerParams) -> int:
+        """Worst case, no response ending early: SMC decodes every particle to the budget T;
+        MH extends each chain to T and every step of block k resamples up to t_k tokens per
+        proposal (a cut at 0)."""
+        T, n = token_budget(req, params), int(req.settings.n)
+        if params.method == "smc":
+            return n * params.particles * T
+        return n * (T + params.mcmc_steps * params.proposals * sum(block_lengths(T, params.block_size)))
+
+    def cost_knob(self, params: PowerParams) -> str:
+        return "decoding.particles" if params.method == "smc" else "decoding.mcmc_steps"
 
     async def run(
         self, req: DecodeRequest, params: PowerParams, on_token: TokenCallback | None = None

@@ -21,6 +21,7 @@ from temper.decoding.strategies.base import Strategy
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "temper.strategies"
+DEFAULT_STRATEGY = "sample"  # what a request without `decoding` (or without its `strategy`) runs
 
 # name -> "module:Class" for the strategies that ship with temper
 BUILTINS = {
@@ -67,11 +68,11 @@ def get_strategy(name: str) -> Strategy:
 def parse_decoding(decoding: Mapping[str, Any] | None) -> tuple[Strategy, BaseModel]:
     """The request's `decoding` object → (strategy, validated Params). None = plain sampling."""
     if decoding is None:
-        decoding = {"strategy": "sample"}
+        decoding = {"strategy": DEFAULT_STRATEGY}
     if not isinstance(decoding, Mapping):
         raise ParamError("decoding: must be an object", "decoding")
     raw = dict(decoding)
-    name = raw.pop("strategy", "sample")
+    name = raw.pop("strategy", DEFAULT_STRATEGY)
     if not isinstance(name, str):
         raise ParamError("decoding.strategy: must be a string", "decoding.strategy")
     strategy = get_strategy(name)

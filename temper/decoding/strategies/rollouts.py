@@ -71,6 +71,12 @@ class RolloutStrategy(Strategy):
         strategy, inner_params = self.inner(params)  # the choices are the inner strategy's rollouts
         return strategy.sampled_logprobs(inner_params)
 
+    def rollout_cost(self, req: DecodeRequest, params: Any, count: int, *, choices: bool) -> int:
+        """Worst-case tokens of drawing the rollouts: the inner strategy's cost with n = count."""
+        strategy, inner_params = self.inner(params)
+        sub = rollout_request(req, count, choices=choices)
+        return strategy.cost(replace(sub, settings=strategy.settings(sub.settings, inner_params)), inner_params)
+
     def check_rollouts(self, req: DecodeRequest, params: Any, count: int, *, choices: bool) -> None:
         """The inner strategy's own checks of the run that will draw the rollouts."""
         strategy, inner_params = self.inner(params)

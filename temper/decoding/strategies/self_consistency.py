@@ -46,6 +46,12 @@ class SelfConsistencyStrategy(RolloutStrategy):
     name = "self_consistency"
     Params = SelfConsistencyParams
 
+    def cost(self, req: DecodeRequest, params: SelfConsistencyParams) -> int:
+        return self.rollout_cost(req, params, params.rollouts, choices=True)
+
+    def cost_knob(self, params: SelfConsistencyParams) -> str:
+        return "decoding.rollouts"
+
     def check(self, req: DecodeRequest, params: SelfConsistencyParams) -> None:
         check_n(req, params.rollouts, "rollouts are drawn (decoding.rollouts)")
         self.check_rollouts(req, params, params.rollouts, choices=True)

@@ -159,6 +159,15 @@ class SynthesisStrategy(RolloutStrategy):
             raise ParamError(f"{param}: {exc} (anchor {anchor.name!r})", param) from None
         return AnchorPlan(anchor, foreign, fit)
 
+    def cost(self, req: DecodeRequest, params: SynthesisParams) -> int:
+        """The rollouts', then n anchor answers of at most the anchor's budget."""
+        plan = self.plan(req, params)
+        answer = req.settings.max_tokens or plan.anchor.max_context // 2  # build_prompt's default room
+        return self.rollout_cost(req, params, params.rollouts, choices=False) + req.settings.n * answer
+
+    def cost_knob(self, params: SynthesisParams) -> str:
+        return "decoding.rollouts"
+
     def check(self, req: DecodeRequest, params: SynthesisParams) -> None:
         self.plan(req, params)
         if params.rollout_texts is None:
