@@ -23,16 +23,16 @@ serve: $(STAMP)
 	$(VENV)/bin/temper serve --host $(HOST) --port $(PORT) $(if $(MODEL),--model $(MODEL),)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check temper tests bench
+	$(VENV)/bin/ruff check temper tests bench examples
 
 # The default set covers every part of the product; the `slow` marker holds the long
 # statistical checks and the ahead-of-time kernel compiles, which `make test-all` adds.
 test: $(STAMP)
-	$(VENV)/bin/ruff check temper tests bench
+	$(VENV)/bin/ruff check temper tests bench examples
 	$(PY) -m pytest -q -m "not slow"
 
 test-all: $(STAMP)
-	$(VENV)/bin/ruff check temper tests bench
+	$(VENV)/bin/ruff check temper tests bench examples
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

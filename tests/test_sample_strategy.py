@@ -65,3 +65,22 @@ async def test_prompt_filling_the_context_is_a_param_error(toy_engine):
     with pytest.raises(ParamError) as e:
         await strategy.run(req, params)
     assert e.value.param == "prompt"
+
+
+async def test_completions_carry_the_sampled_distributions_log_probs(toy_engine, decode_request):
+    """logq is the log-prob under q ∝ p^α (temperature 1/α) of each token; logp is the raw one."""
+    import numpy as np
+
+    strategy, params = parse_decoding(None)
+    req = decode_request(toy_engine, n=3, max_tokens=4, seed=5, temperature=0.5)
+    res = await strategy.run(req, params)
+    model = toy_engine.model
+    for c in res.completions:
+        assert c.logq is not None and len(c.logq) == len(c.tokens) == len(c.logp)
+        ctx = tuple(req.prompt)
+        for tok, lq, lp in zip(c.tokens, c.logq, c.logp, strict=True):
+            raw = model.logprobs(ctx)
+            tempered = 2.0 * raw - np.logaddexp.reduce(2.0 * raw)
+            assert lp == pytest.approx(raw[tok], abs=1e-5)
+            assert lq == pytest.approx(tempered[tok], abs=1e-5)
+            ctx += (tok,)

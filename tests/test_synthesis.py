@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from scripted_engine import ByteTokenizer
 
 from temper.decoding.engines.toy import ToyEngine, ToyModel
 from temper.decoding.errors import ParamError
@@ -23,24 +24,6 @@ QUESTION = "What is 17 times 23? Show your work."
 
 def ask(engine) -> list[int]:
     return engine.tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}])
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as token ids (256 = EOS), with a tiny chat template: token ids and text
-    correspond one to one, so "the question is not in the prompt" can be checked on ids."""
-
-    vocab_size = 257
-    eos_ids = (256,)
-
-    def encode(self, text, *, add_special_tokens=True):
-        return list(text.encode())
-
-    def decode(self, ids, *, skip_special_tokens=True):
-        return bytes(i for i in ids if i < 256).decode(errors="replace")
-
-    def apply_chat_template(self, messages, *, add_generation_prompt=True):
-        body = "".join(f"<{m['role']}>\n{m['content']}\n" for m in messages)
-        return self.encode(body + ("<assistant>\n" if add_generation_prompt else ""))
 
 
 class Recording(ToyEngine):
@@ -260,6 +243,11 @@ async def test_synthesis_over_power_rollouts(toy_engine, run_strategy):
         ({"inner": {"strategy": "sample", "n": 2}}, "decoding.inner.n"),
         ({"inner": {"strategy": "nope"}}, "decoding.inner.strategy"),
         ({"anchor": "x"}, "decoding.anchor"),
+        ({"rollout_texts": []}, "decoding.rollout_texts"),
+        ({"rollout_texts": ["a"] * 65}, "decoding.rollout_texts"),
+        ({"rollout_texts": ["a", 3]}, "decoding.rollout_texts.1"),
+        ({"rollout_texts": ["a", "b"], "rollouts": 3}, "decoding.rollouts"),
+        ({"rollout_texts": ["a"], "inner": {"strategy": "sample"}}, "decoding.inner"),
     ],
 )
 def test_bad_params_name_the_field(decoding, param):
@@ -380,3 +368,26 @@ async def test_baselines_see_the_same_rollouts_for_the_same_seed(decode_request)
         )
         texts[name] = res.metadata["rollouts"]
     assert texts["synthesis"] == texts["best_of_n"] == texts["self_consistency"]
+
+
+# ---------------------------------------------------------------- given rollouts (CaT-RL)
+
+
+async def test_given_rollouts_are_synthesised_without_drawing_any(decode_request, run_strategy):
+    policy, anchor = byte_engine("policy"), byte_engine("anchor", seed=3)
+    given = ["17 * 23 = 391, so \\boxed{391}", "I get \\boxed{381}", "\\boxed{391}"]
+    req = decode_request(
+        policy, ask(policy), prompt_text=QUESTION, seed=7, max_tokens=16, engines={"policy": policy, "anchor": anchor}
+    )
+    res = await run_strategy(
+        req, {"strategy": "synthesis", "rollout_texts": given, "anchor_model": "anchor", "return_rollouts": True}
+    )
+    assert policy.calls == 0 and anchor.calls == 1  # nothing drawn: only the anchor samples
+    anchor_prompt = anchor.batches[0][0].prefix
+    for text in given:  # every given rollout is in the anchor's prompt, verbatim
+        assert contains(anchor_prompt, anchor.tokenizer.encode(text))
+    assert not contains(anchor_prompt, anchor.tokenizer.encode(QUESTION))
+    meta = res.metadata
+    assert meta["rollouts"] == given and meta["answers"] == ["391", "381", "391"]
+    assert meta["votes"] == {"391": 2, "381": 1} and meta["rollout_tokens_generated"] == 0
+    assert res.completion_tokens == sum(len(c.tokens) for c in res.completions)

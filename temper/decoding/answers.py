@@ -28,7 +28,7 @@ Extractor = Callable[[str], "str | None"]
 # ---------------------------------------------------------------- extraction
 
 
-def _braced(text: str, open_at: int) -> tuple[str, int] | None:
+def braced_group(text: str, open_at: int) -> tuple[str, int] | None:
     """The content of the brace group opening at text[open_at] == "{", and the index after it."""
     depth, i = 0, open_at
     while i < len(text):
@@ -58,7 +58,7 @@ def extract_boxed(text: str) -> str | None:
         while i < len(text) and text[i] == " ":
             i += 1
         if i < len(text) and text[i] == "{":
-            got = _braced(text, i)
+            got = braced_group(text, i)
             if got is not None:
                 return got[0].strip()
         elif i > m.end():  # "\boxed 5": the box holds the next run of non-space characters
@@ -128,7 +128,7 @@ _NUMERIC = re.compile(
 def _unwrap(s: str) -> str:
     """\\text{abc} → abc (nested braces allowed), for every wrapper command."""
     while m := _WRAPPER.search(s):
-        got = _braced(s, m.end())
+        got = braced_group(s, m.end())
         if got is None:
             return s[: m.start()] + s[m.end() :]
         s = s[: m.start()] + got[0] + s[got[1] :]

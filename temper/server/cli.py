@@ -16,6 +16,7 @@ import uvicorn
 
 from temper.server.config import add_config_arguments, config_from_args
 from temper.server.runner import Runner
+from temper.training_adapters.rollout_cli import add_rollouts_parser, run_rollouts
 
 SERVE_DESCRIPTION = """\
 Serve OpenAI-compatible routes (/v1/models, /v1/completions, /v1/chat/completions, /v1/logprobs,
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(serve)
+    add_rollouts_parser(sub)
     return parser
 
 
@@ -86,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "rollouts":
+        return run_rollouts(args)
     return 2
 
 

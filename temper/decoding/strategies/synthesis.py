@@ -15,6 +15,11 @@ with the request's own sampling settings (temperature, top_p, max_tokens, seed, 
   syntheses one anchor call.
 - Room for the answer: max_tokens when set, else as much as the longest rollout (capped at half
   the anchor's context); rollouts that do not fit are cut evenly (see synthesis_prompt).
+- Given rollouts (`rollout_texts`): the anchor synthesises from these texts instead of drawing
+  rollouts itself. This is CaT-RL's case: the learner's policy already drew its G rollouts (for
+  GRPO's group baseline), and the frozen anchor must reconcile exactly those; the request's own
+  model then only names the default anchor, and its prompt is the question (used only with
+  include_question).
 
 An anchor with a different tokenizer returns its choices with their text (the ids are in its
 own vocabulary) and refuses `logprobs`; one sharing the tokenizer behaves like the model itself.
@@ -26,10 +31,11 @@ synthesis's extracted answer (CaT's verifiable reward compares the two), tokens 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from temper.decoding.answers import extract_answer, majority_vote
 from temper.decoding.engine import Engine, TokenCallback, Tokenizer
@@ -52,6 +58,8 @@ ANCHOR_STREAM = 2  # the anchor's seed sub-stream (the rollouts draw from ROLLOU
 
 class SynthesisParams(RolloutParams):
     rollouts: int = Field(default=8, ge=1, le=MAX_ROLLOUTS)
+    # rollouts given as text (CaT-RL: the policy's own); none are drawn, `rollouts` is their count
+    rollout_texts: list[str] | None = Field(default=None, min_length=1, max_length=MAX_ROLLOUTS)
     anchor_model: str | None = None  # a served model's name; default: the request's model
     include_question: bool = False
     template: str | None = None  # a preset name or text with {rollouts}; default: server's
@@ -104,6 +112,22 @@ class SynthesisStrategy(RolloutStrategy):
     Params = SynthesisParams
     default_inner = {"strategy": "sample", "temperature": 1.0}
 
+    def parse(self, raw: Mapping[str, Any]) -> BaseModel:
+        params = super().parse(raw)
+        given = params.rollout_texts
+        if given is not None:
+            if params.inner is not None:
+                raise ParamError(
+                    "decoding.inner: nothing is drawn when decoding.rollout_texts are given", "decoding.inner"
+                )
+            if "rollouts" in params.model_fields_set and params.rollouts != len(given):
+                raise ParamError(
+                    f"decoding.rollouts: {params.rollouts} does not match the {len(given)} rollout_texts given",
+                    "decoding.rollouts",
+                )
+            params = params.model_copy(update={"rollouts": len(given)})
+        return params
+
     def sampled_logprobs(self, params: SynthesisParams) -> bool:
         return True  # the choices are the anchor's, sampled token by token
 
@@ -146,15 +170,22 @@ class SynthesisStrategy(RolloutStrategy):
 
     def check(self, req: DecodeRequest, params: SynthesisParams) -> None:
         self.plan(req, params)
-        self.check_rollouts(req, params, params.rollouts, choices=False)
+        if params.rollout_texts is None:
+            self.check_rollouts(req, params, params.rollouts, choices=False)
+
+    async def rollouts(self, req: DecodeRequest, params: SynthesisParams) -> tuple[StrategyResult, list[str]]:
+        """The rollouts to synthesise from (drawn by the inner strategy, or given) and their texts."""
+        if params.rollout_texts is not None:
+            return StrategyResult(completions=[], completion_tokens=0), list(params.rollout_texts)
+        drawn = await draw_rollouts(req, self.inner(params), params.rollouts, choices=False)
+        return drawn, [completion_text(req.engine.tokenizer, c) for c in drawn.completions]
 
     async def run(
         self, req: DecodeRequest, params: SynthesisParams, on_token: TokenCallback | None = None
     ) -> StrategyResult:
         plan = self.plan(req, params)
         anchor = plan.anchor
-        drawn = await draw_rollouts(req, self.inner(params), params.rollouts, choices=False)
-        texts = [completion_text(req.engine.tokenizer, c) for c in drawn.completions]
+        drawn, texts = await self.rollouts(req, params)
         try:
             prompt = build_prompt(anchor.tokenizer, texts, **plan.fit)
         except ContextLengthError as exc:
@@ -180,11 +211,12 @@ class SynthesisStrategy(RolloutStrategy):
     def metadata(self, params, drawn, texts, prompt, outs, anchor: Engine) -> dict[str, Any]:
         answers = [extract_answer(t, params.extractor) for t in texts]
         scores = [sequence_score(c.logp) if c.logp is not None else 0.0 for c in drawn.completions]
+        scores = scores or [0.0] * len(texts)  # given rollouts: votes alone rank the answers
         anchor_tokens = sum(len(c.tokens) for c in outs)
         meta: dict[str, Any] = {
             "strategy": self.name,
             "anchor_model": anchor.name,
-            "inner": drawn.metadata,
+            "inner": drawn.metadata if params.rollout_texts is None else None,
             "anchor_prompt_tokens": len(prompt.ids),
             "truncated": prompt.truncated,
             "rollout_tokens": prompt.lengths,
