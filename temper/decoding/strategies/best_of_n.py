@@ -28,7 +28,6 @@ from temper.decoding.strategies.rollouts import (
     MAX_ROLLOUTS,
     RolloutParams,
     RolloutStrategy,
-    check_n,
     draw_rollouts,
     json_floats,
     sequence_score,
@@ -43,16 +42,7 @@ class BestOfNParams(RolloutParams):
 class BestOfNStrategy(RolloutStrategy):
     name = "best_of_n"
     Params = BestOfNParams
-
-    def cost(self, req: DecodeRequest, params: BestOfNParams) -> int:
-        return self.rollout_cost(req, params, params.candidates, choices=True)
-
-    def cost_knob(self, params: BestOfNParams) -> str:
-        return "decoding.candidates"
-
-    def check(self, req: DecodeRequest, params: BestOfNParams) -> None:
-        check_n(req, params.candidates, "candidates are drawn (decoding.candidates)")
-        self.check_rollouts(req, params, params.candidates, choices=True)
+    count_field = "candidates"
 
     async def run(
         self, req: DecodeRequest, params: BestOfNParams, on_token: TokenCallback | None = None

@@ -54,6 +54,25 @@ class RolloutStrategy(Strategy):
     """Base of the strategies that combine rollouts drawn by an `inner` strategy."""
 
     default_inner: ClassVar[Mapping[str, Any]] = {"strategy": "sample"}
+    count_field: ClassVar[str] = "rollouts"  # the Params field saying how many rollouts are drawn
+    # The choices returned are some of the rollouts (best_of_n, self_consistency): n ≤ count,
+    # and the rollouts keep the request's log-prob settings.
+    choices_are_rollouts: ClassVar[bool] = True
+
+    def count(self, params: Any) -> int:
+        return int(getattr(params, self.count_field))
+
+    def cost(self, req: DecodeRequest, params: Any) -> int:
+        return self.rollout_cost(req, params, self.count(params), choices=self.choices_are_rollouts)
+
+    def cost_knob(self, params: Any) -> str:
+        return f"decoding.{self.count_field}"
+
+    def check(self, req: DecodeRequest, params: Any) -> None:
+        field = self.count_field
+        if self.choices_are_rollouts:
+            check_n(req, self.count(params), f"{field} are drawn (decoding.{field})")
+        self.check_rollouts(req, params, self.count(params), choices=self.choices_are_rollouts)
 
     def parse(self, raw: Mapping[str, Any]) -> BaseModel:
         params = super().parse(raw)

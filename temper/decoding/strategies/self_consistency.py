@@ -30,7 +30,6 @@ from temper.decoding.strategies.rollouts import (
     ExtractorName,
     RolloutParams,
     RolloutStrategy,
-    check_n,
     draw_rollouts,
     json_floats,
     sequence_score,
@@ -45,16 +44,6 @@ class SelfConsistencyParams(RolloutParams):
 class SelfConsistencyStrategy(RolloutStrategy):
     name = "self_consistency"
     Params = SelfConsistencyParams
-
-    def cost(self, req: DecodeRequest, params: SelfConsistencyParams) -> int:
-        return self.rollout_cost(req, params, params.rollouts, choices=True)
-
-    def cost_knob(self, params: SelfConsistencyParams) -> str:
-        return "decoding.rollouts"
-
-    def check(self, req: DecodeRequest, params: SelfConsistencyParams) -> None:
-        check_n(req, params.rollouts, "rollouts are drawn (decoding.rollouts)")
-        self.check_rollouts(req, params, params.rollouts, choices=True)
 
     async def run(
         self, req: DecodeRequest, params: SelfConsistencyParams, on_token: TokenCallback | None = None

@@ -111,6 +111,7 @@ class SynthesisStrategy(RolloutStrategy):
     name = "synthesis"
     Params = SynthesisParams
     default_inner = {"strategy": "sample", "temperature": 1.0}
+    choices_are_rollouts = False  # the choices are the anchor's answers
 
     def parse(self, raw: Mapping[str, Any]) -> BaseModel:
         params = super().parse(raw)
@@ -160,13 +161,11 @@ class SynthesisStrategy(RolloutStrategy):
         return AnchorPlan(anchor, foreign, fit)
 
     def cost(self, req: DecodeRequest, params: SynthesisParams) -> int:
-        """The rollouts', then n anchor answers of at most the anchor's budget."""
+        """The rollouts' (none when given), then n anchor answers of at most the anchor's budget."""
         plan = self.plan(req, params)
         answer = req.settings.max_tokens or plan.anchor.max_context // 2  # build_prompt's default room
-        return self.rollout_cost(req, params, params.rollouts, choices=False) + req.settings.n * answer
-
-    def cost_knob(self, params: SynthesisParams) -> str:
-        return "decoding.rollouts"
+        drawn = 0 if params.rollout_texts is not None else super().cost(req, params)
+        return drawn + req.settings.n * answer
 
     def check(self, req: DecodeRequest, params: SynthesisParams) -> None:
         self.plan(req, params)
