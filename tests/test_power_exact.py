@@ -13,7 +13,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from toys import paper_toy, tv_distance
+from toys import branchy, paper_toy, tv_distance
 
 from bench.reference import reference_log_accept
 from temper.decoding.engine import SampleSpec
@@ -26,25 +26,6 @@ from temper.decoding.strategies.settings import SamplingSettings
 
 PROMPT = [0]
 A, B, EOS = 0, 1, 2
-
-# A 3-token toy (a, b, EOS), responses of at most 5 tokens. Several paths of different lengths
-# are likely ("abE", "E", "baE", "bbbE"), and the b-branch spreads its mass over two futures,
-# so p^α and temperature-1/α sampling disagree on the first token, as in the paper's example.
-# Contexts missing from the table are uniform: every response of length ≤ 5 has mass.
-BRANCHY = {
-    (): [0.36, 0.34, 0.30],
-    (A,): [0.02, 0.94, 0.04],
-    (A, B): [0.03, 0.03, 0.94],
-    (B,): [0.45, 0.45, 0.10],
-    (B, A): [0.03, 0.03, 0.94],
-    (B, B): [0.03, 0.94, 0.03],
-    (B, B, B): [0.03, 0.03, 0.94],
-}
-
-
-def branchy() -> ToyModel:
-    return ToyModel(vocab_size=3, table=BRANCHY, prompt_len=len(PROMPT))
-
 
 def target(model: ToyModel, T: int, alpha: float) -> dict:
     return {k: w for k, (_, w) in model.enumerate(PROMPT, T, alpha).items()}

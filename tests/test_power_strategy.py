@@ -84,8 +84,10 @@ async def test_mh_metadata_usage_and_one_call_per_step(decode_request, run_strat
     blocks = len(block_lengths(7, 3))
     assert len(m["acceptance_rate_per_block"]) == m["blocks"] == blocks
     assert 0.0 <= m["acceptance_rate"] <= 1.0
-    # all 3 chains × 2 proposals of a step share one engine call
-    assert eng.calls <= blocks * (1 + 2)
+    # chains are their own tasks, but their calls share engine steps: never more steps than
+    # one chain's own sequential depth (its extensions, then 2 moves of ≤ t_k tokens per block)
+    assert eng.steps <= 7 + 2 * sum(block_lengths(7, 3))
+    assert eng.calls <= 3 * blocks * (1 + 2)
     assert len(res.completions) == 3
     for c in res.completions:
         assert 1 <= len(c.tokens) <= 7 and len(c.logp) == len(c.tokens)

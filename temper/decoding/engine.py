@@ -11,6 +11,24 @@ Per generated token a sample carries, in float32:
                                           normaliser of p^α at that position (≤ 0 for α ≥ 1)
 MH acceptance and SMC weights need nothing else (research/power_sampling.md §2.3).
 
+Optional parts of the protocol (fields with defaults: an engine that ignores them is still
+correct, only slower or less informative; the toy and HF engines implement all of them):
+  * TokenDraw.log_w        the token's log_w streamed to the token callback (None = not
+                           streamed), so a strategy can stop a proposal that can no longer be
+                           accepted (power MH's early rejection) before it finishes.
+  * SampleSpec.cache       False = do not keep this sample's KV for reuse once it finishes
+                           (look-ahead rollouts: thousands of throw-away suffixes that would
+                           evict the prefixes that matter).
+  * SampleSpec.retain      token ids (e.g. an MH chain's current state while it proposes from
+                           a cut of it) whose cached KV the caller will need again: the engine
+                           refreshes them at admission, so this call's own samples (rejected
+                           proposals) are evicted before the state they branch from.
+  * SampleSpec.resident    the caller will probably continue from prefix + tokens soon (an SMC
+                           particle between two checkpoints): keep the finished sequence's KV
+                           where it is for a few scheduler steps, so that a spec whose prefix is
+                           exactly that sequence continues it without copying, and further such
+                           specs (resampled copies) copy only that row.
+
 This module holds the protocol and plain data types only; no engine lives here.
 """
 
@@ -30,13 +48,15 @@ FinishReason = Literal["stop", "length", "abort"]
 
 @dataclass(frozen=True, slots=True)
 class TokenDraw:
-    """One token as it is appended, for streaming: its id, raw log-prob, and the top
-    alternatives (raw log-probs) when the spec asked for top_logprobs."""
+    """One token as it is appended, for streaming: its id, raw log-prob, the top alternatives
+    (raw log-probs, most likely first) when the spec asked for top_logprobs, and its log_w
+    (α·logp − logq, as in Sample.log_w; None when the engine does not stream it)."""
 
     token: int
     logp: float
     top_ids: np.ndarray | None = None  # [k] int64
     top_logps: np.ndarray | None = None  # [k] float32
+    log_w: float | None = None
 
 
 # Called by an engine for every token it appends: (spec index in the call, the draw).
@@ -57,9 +77,14 @@ class SampleSpec:
     stop_ids: tuple[int, ...] | None = None  # None = the engine's eos ids; () = never stop early
     seed: int | None = None  # per-spec; same seed + same prefix = same tokens, whatever the batch
     top_logprobs: int = 0  # also return the k most likely raw log-probs per generated token
+    # Hints (module docstring): they change what an engine keeps, never what it samples.
+    cache: bool = True  # False: do not keep this sample's KV for reuse once it finishes
+    retain: tuple[int, ...] = ()  # token ids whose cached KV the caller will need again
+    resident: bool = False  # the caller will likely continue from prefix + tokens right away
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prefix", tuple(int(t) for t in self.prefix))
+        object.__setattr__(self, "retain", tuple(int(t) for t in self.retain))
         if len(self.prefix) == 0:
             raise ValueError("prefix: must hold at least one token id")
         if self.max_new_tokens < 1:

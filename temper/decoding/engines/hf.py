@@ -238,6 +238,7 @@ class HFEngine:
                     seq.logp[n - 1],
                     seq.top_ids[n - 1] if seq.top_ids else None,
                     seq.top_lps[n - 1] if seq.top_lps else None,
+                    seq.log_w[n - 1],
                 )
                 try:
                     go_on = call.on_token(seq.index, draw)
@@ -324,7 +325,7 @@ class HFEngine:
     def _retire(self, row: Seq, batch: DecodeBatch) -> None:
         """A finished row: keep its KV (prefix + all but the last token) in the prefix cache."""
         row.status = SeqStatus.RETIRED
-        if row.reason == "abort" or not self.prefix_cache.enabled:
+        if row.reason == "abort" or not row.spec.cache or not self.prefix_cache.enabled:
             return
         kv = batch.row_kv(row)  # may hold a token past a callback's cut: trim to the tokens kept
         n = min(kv.shape[3], len(row.spec.prefix) + len(row.tokens))
