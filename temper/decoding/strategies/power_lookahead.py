@@ -68,10 +68,12 @@ class Record:
     log_z: float
     lam: np.ndarray  # [G, M]
     terminal: np.ndarray  # [G] bool
+    alpha: float
     log_t: np.ndarray = field(init=False)  # [G] the tilt t ∝ q·ζ̂
 
     def __post_init__(self) -> None:
-        self.log_t = tilt_log_probs(self.cand_logp, self.log_zeta)  # α·log p and log q differ by a constant
+        # log q = α·log p − log Z_c: the constant cancels in the normalisation
+        self.log_t = tilt_log_probs(self.alpha * self.cand_logp, self.log_zeta)
 
     def log_q(self, alpha: float, logp: float) -> float:
         return alpha * logp - self.log_z
@@ -146,7 +148,7 @@ class Lookahead:
         for (resp, draw), (cand, logp, term, off) in zip(draws.items(), plans, strict=True):
             lam = np.zeros((len(cand), self.cfg.m))
             lam[~term] = lam_all[off : off + int((~term).sum())]
-            made[resp] = Record(cand, logp, log_zeta_hat(lam), float(draw.log_w), lam, term)
+            made[resp] = Record(cand, logp, log_zeta_hat(lam), float(draw.log_w), lam, term, self.dec.alpha)
         return [made[resp] for resp, _ in asks]
 
     def gate(self, draw: TokenDraw) -> bool:
