@@ -71,6 +71,26 @@ class PrefixCache:
             return 0, None
         return pos, torch.cat(parts, dim=self.seq_dim)
 
+    def touch(self, tokens: Sequence[int]) -> int:
+        """Mark the cached prefix of `tokens` as just used (an MH chain's current state while it
+        proposes from a cut of it: proposals inserted after this are evicted first). Returns
+        how many tokens were found. No KV is read."""
+        if not self.enabled or not tokens:
+            return 0
+        node, pos = self.root, 0
+        now = next(self._clock)
+        while pos < len(tokens):
+            child = node.children.get(tokens[pos])
+            if child is None:
+                break
+            k = self._common(child.tokens, tokens, pos)
+            child.last_used = now
+            pos += k
+            if k < len(child.tokens):
+                break
+            node = child
+        return pos
+
     def insert(self, tokens: Sequence[int], kv: torch.Tensor) -> None:
         """Cache kv (covering tokens[:kv.shape[seq_dim]]); only the uncached tail is stored."""
         if not self.enabled:
