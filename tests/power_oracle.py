@@ -166,3 +166,32 @@ def stationary(K: np.ndarray) -> np.ndarray:
 
 def tv(p: dict, q: dict) -> float:
     return 0.5 * sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in set(p) | set(q))
+
+
+def mh_schedule_law(toy: Toy, table: Table, T: int, block_size: int, steps: int, proposals: int = 1) -> dict:
+    """The exact law of what blockwise MH returns: per block, extend every unfinished state to
+    t_k with the proposal, then `steps` moves of the block's kernel. Compared with the
+    strategy's empirical law, it leaves no room for convergence slack: any gap is a bug."""
+    law: dict = {(): 1.0}
+    for t in pm.block_lengths(T, block_size):
+        grown: dict = {}
+        for x, p in law.items():
+            if (x and toy.terminal(x)) or len(x) >= t:
+                grown[x] = grown.get(x, 0.0) + p
+                continue
+            for s, lq, _ in suffixes(toy, table, x, t):
+                grown[x + s] = grown.get(x + s, 0.0) + p * math.exp(lq)
+        xs, K = mh_kernel(toy, table, t, proposals)
+        vec = np.array([grown.get(x, 0.0) for x in xs])
+        for _ in range(steps):
+            vec = vec @ K
+        law = dict(zip(xs, vec.tolist(), strict=True))
+    return law
+
+
+def assert_matches(emp: dict, law: dict, n: int, z: float = 4.5) -> float:
+    """Every response's empirical frequency within z standard errors (+1/n) of `law`; returns the TV."""
+    assert set(emp) <= {x for x, p in law.items() if p > 0}, set(emp) - set(law)
+    for x, p in law.items():
+        assert abs(emp.get(x, 0.0) - p) <= z * math.sqrt(p * (1 - p) / n) + 1.0 / n, (x, emp.get(x, 0.0), p)
+    return tv(emp, law)

@@ -28,6 +28,8 @@ from temper.decoding.strategies.power_mh import MHChain, MHRun
 from temper.decoding.strategies.power_params import PowerParams
 from temper.decoding.strategies.settings import SamplingSettings
 
+pytestmark = pytest.mark.usefixtures("no_gc")
+
 
 def request(toy: Toy, engine, t: int, seed: int) -> DecodeRequest:
     settings = SamplingSettings(top_k=toy.top_k, top_p=toy.top_p, stop=list(toy.stops), max_tokens=t,

@@ -29,6 +29,8 @@ from temper.decoding.strategies.power_params import PowerParams
 from temper.decoding.strategies.power_smc import smc_systems
 from temper.decoding.strategies.settings import SamplingSettings
 
+pytestmark = pytest.mark.usefixtures("no_gc")
+
 
 async def systems(toy: Toy, T: int, R: int, decoding: dict, la: LookaheadConfig | None = None, seed: int = 3):
     """R independent particle systems → per system: (log Ẑ, normalised weights [N], responses [N])."""
