@@ -86,11 +86,11 @@ def test_without_the_hastings_factor_the_chain_is_biased():
     assert np.abs(flow - flow.T).max() > 1e-4 and tv > 0.01
 
 
-async def lookahead_table(toy: Toy, cfg: LookaheadConfig, seed: int):
-    """r(· | c) for every context of the toy, from the production Lookahead on a ToyEngine (its
-    rollouts are seeded by context, so this is the table one request with `seed` uses), as an
-    oracle table: resp → (log r [V], α·log p − log r)."""
-    engine = ToyEngine(toy.model)
+async def lookahead_table(toy: Toy, cfg: LookaheadConfig, seed: int, engine=None):
+    """r(· | c) for every context of the toy, from the production Lookahead on a ToyEngine (or
+    `engine`; its rollouts are seeded by context, so this is the table one request with `seed`
+    uses), as an oracle table: resp → (log r [V], α·log p − log r)."""
+    engine = engine or ToyEngine(toy.model)
     settings = SamplingSettings(top_k=toy.top_k, top_p=toy.top_p, stop=list(toy.stops),
                                 stop_token_ids=list(toy.stop_ids or []))
     req = DecodeRequest(prompt=list(toy.prompt), settings=settings, engine=engine)
