@@ -1,10 +1,10 @@
 """The HF engine under power-sampling loads, each hint on and off side by side (called by
 bench/power.py; forward tokens and wall time, same seeds, same model):
 
-1. retain: an MH-like chain proposes from cuts of its current state while the prefix cache is
-   smaller than what the proposals insert. Without `retain` the state's tail ages out of the
-   cache behind the rejected proposals and every later cut into it re-prefills; with it, the
-   state stays and each proposal computes one prefix token.
+1. retain: 8 MH-like chains propose from cuts of their current states while the prefix cache
+   holds the states but not the proposals too. Without `retain` a state's tail ages out of the
+   cache behind the rejected proposals and a later cut into it re-prefills; with it, the states
+   stay and each proposal computes one prefix token.
 2. resident: SMC-like particles continue at every checkpoint, a quarter of them replaced by
    copies of others (resampling). Resident particles are continued in place and only copies
    copy a row; otherwise each checkpoint re-admits every particle through the prefix cache.
@@ -31,18 +31,25 @@ def measure(eng: HFEngine, work) -> dict:
             "forward_passes": eng.stats.forward_passes - p0}
 
 
-def retain_run(eng: HFEngine, prompt: tuple, retain: bool, steps: int = 40, length: int = 96) -> dict:
-    rng = np.random.default_rng(0)
+def retain_run(eng: HFEngine, prompt: tuple, retain: bool, chains: int = 8, steps: int = 20,
+               length: int = 96) -> dict:
+    """`chains` MH-like chains side by side: each proposes from a random cut of its state, and
+    30% of proposals are accepted (the proposal becomes the state)."""
 
-    async def work():
-        state = prompt + tuple((await eng.sample([SampleSpec(prompt, length, seed=1, stop_ids=())]))[0].tokens)
+    async def chain(c: int):
+        rng = np.random.default_rng(c)
+        first = await eng.sample([SampleSpec(prompt, length, seed=c, stop_ids=())])
+        state = prompt + tuple(first[0].tokens)
         for s in range(steps):
             cut = len(prompt) + int(rng.integers(0, length))
             keep = state if retain else ()
-            y = (await eng.sample([SampleSpec(state[:cut], len(state) - cut, alpha=4.0, seed=100 + s, stop_ids=(),
-                                              retain=keep)]))[0]
-            if rng.random() < 0.3:  # accepted: the proposal becomes the state
+            y = (await eng.sample([SampleSpec(state[:cut], len(state) - cut, alpha=4.0, seed=1000 * c + s,
+                                              stop_ids=(), retain=keep)]))[0]
+            if rng.random() < 0.3:
                 state = state[:cut] + tuple(y.tokens)
+
+    async def work():
+        await asyncio.gather(*(chain(c) for c in range(chains)))
 
     eng.prefix_cache.clear()
     return measure(eng, work)
@@ -85,7 +92,7 @@ def join_run(eng: HFEngine, prompt: tuple, joins: bool, rows: int = 32, steps: i
 def engine_hints(eng: HFEngine, prompt: list[int]) -> dict:
     p = tuple(prompt)
     budget = eng.prefix_cache.max_tokens
-    eng.prefix_cache.max_tokens = len(p) + 400  # smaller than what the proposals insert
+    eng.prefix_cache.max_tokens = len(p) + 8 * 96 + 128  # the 8 states fit, their proposals do not
     out = {"retain": {k: retain_run(eng, p, k) for k in (False, True)}}
     eng.prefix_cache.max_tokens = budget
     out["resident"] = {k: resident_run(eng, p, k) for k in (False, True)}

@@ -1,7 +1,7 @@
 """HFEngine's running batch and KV hints: sequences join without moving anyone's KV, resident
 samples are continued in place (the first continuation adopts the slot, copies copy one row),
-`cache=False` samples are not kept, `retain` protects a caller's state from the samples that
-branch off it. Every behaviour is checked against a cold engine (no prefix cache) drawing the
+`cache=False` samples are not kept, `retain` pins a caller's state while the samples that
+branch off it run. Every behaviour is checked against a cold engine (no prefix cache) drawing the
 same seeded tokens, so a KV mix-up shows as different tokens."""
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ correct, only slower or less informative; the toy and HF engines implement all o
                            evict the prefixes that matter).
   * SampleSpec.retain      token ids (e.g. an MH chain's current state while it proposes from
                            a cut of it) whose cached KV the caller will need again: the engine
-                           refreshes them at admission, so this call's own samples (rejected
-                           proposals) are evicted before the state they branch from.
+                           keeps them cached (pinned) while this sample runs, so samples that
+                           branch off them (rejected proposals) are evicted instead.
   * SampleSpec.resident    the caller will probably continue from prefix + tokens soon (an SMC
                            particle between two checkpoints): keep the finished sequence's KV
                            where it is for a few scheduler steps, so that a spec whose prefix is

@@ -7,7 +7,7 @@
 - KV-prefix reuse: prefixes are looked up in a radix PrefixCache; only the uncached tail is
   prefilled. Finished sequences are inserted, so MH proposals and SMC particles that fork from
   a cut of an earlier sample recompute nothing but the cut's last token. The SampleSpec hints
-  are honoured: `cache=False` samples are not inserted, `retain` refreshes the caller's state,
+  are honoured: `cache=False` samples are not inserted, `retain` pins the caller's state,
   `resident` samples stay in their slot for their continuation (SMC particles).
 - Sampling goes through `triton_kernels.tempered_sample` with counter-based per-sequence seeds,
   so a seeded spec draws the same tokens whatever else shares its batch.

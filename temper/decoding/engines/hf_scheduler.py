@@ -12,8 +12,8 @@ Where an admitted sequence's KV comes from, cheapest first:
      it too, so a mixed admission still costs one pass);
   3. otherwise a batched prefill of the uncached tail, whose last logits give the first token.
 Finished rows hand their KV to the prefix cache unless their spec said `cache=False` (or they
-were aborted); `retain` refreshes the caller's state in the cache at admission, so samples
-branching off it (rejected proposals) are evicted first. Resident rows stay parked in their
+were aborted); `retain` pins the caller's state in the cache while the sample runs, so samples
+branching off it (rejected proposals) are evicted, never the state they branch from. Resident rows stay parked in their
 slot for PARK_STEPS steps (or until their slot is needed) before they are cached too.
 
 Not thread-safe: one worker thread calls `step`; the event loop touches `waiting` only
@@ -56,6 +56,7 @@ class Scheduler:
     def reset(self) -> None:
         self.waiting.clear()
         self.batch = None
+        self.prefix_cache.unpin_all()  # the samples that held pins are gone
 
     @property
     def busy(self) -> bool:
@@ -111,6 +112,9 @@ class Scheduler:
     def retire(self, row: Seq) -> None:
         """Hand a finished row's KV (prefix + all but its last token) to the prefix cache."""
         row.status = SeqStatus.RETIRED
+        if row.pinned:
+            self.prefix_cache.unpin(row.spec.retain, row.pinned)
+            row.pinned = 0
         if row.reason != "abort" and row.spec.cache and self.prefix_cache.enabled:
             kv = self.batch.row_kv(row)
             self.prefix_cache.insert(row.sequence, kv[:, :, :, : len(row.sequence) - 1])
@@ -135,8 +139,8 @@ class Scheduler:
         need: dict[tuple[int, ...], list[Seq]] = {}
         direct: list[tuple[Seq, torch.Tensor | None, int]] = []
         for seq in taken:
-            if seq.spec.retain:
-                self.prefix_cache.touch(seq.spec.retain)
+            if seq.spec.retain:  # the caller's state stays cached while this sample runs
+                seq.pinned = self.prefix_cache.pin(seq.spec.retain)
             src = parked.get(seq.spec.prefix)
             if src is not None:
                 self._continue(seq, src, adopted)
@@ -175,6 +179,9 @@ class Scheduler:
         else:
             adopted.add(id(src))
             src.status = SeqStatus.RETIRED
+            if src.pinned:
+                self.prefix_cache.unpin(src.spec.retain, src.pinned)
+                src.pinned = 0
             self.batch.adopt(src.slot, seq)
         seq.status, seq.pending = SeqStatus.RUNNING, seq.spec.prefix[-1]
         self._count(seq, len(seq.spec.prefix) - 1)

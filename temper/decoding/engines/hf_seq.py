@@ -74,6 +74,7 @@ class Seq:
     pending: int = 0  # the token the next decode step feeds (at position kv_len)
     slot: int | None = None  # its slot in the running batch
     parked_at: int | None = None  # engine step at which a finished resident row was parked
+    pinned: int = 0  # tokens of spec.retain pinned in the prefix cache while this sequence runs
     cached_prefix: int = 0
     computed_prefix: int = 0
     forward_passes: int = 0

@@ -148,13 +148,16 @@ class SlotBatch:
     def _copy(self, src: int) -> int:
         """A free slot holding a copy of slot src (KV, mask)."""
         i = self._slot()
+        self._copy_to(src, i)
+        return i
+
+    def _copy_to(self, src: int, dst: int) -> None:
         s = self.start
         for layer in range(self.shape[0]):
-            self.k[layer][i, :, s : self.end] = self.k[layer][src, :, s : self.end]
-            self.v[layer][i, :, s : self.end] = self.v[layer][src, :, s : self.end]
-        self.mask[i] = self.mask[src]
-        self.first[i] = self.first[src]
-        return i
+            self.k[layer][dst, :, s : self.end] = self.k[layer][src, :, s : self.end]
+            self.v[layer][dst, :, s : self.end] = self.v[layer][src, :, s : self.end]
+        self.mask[dst] = self.mask[src]
+        self.first[dst] = self.first[src]
 
     def _bind(self, seq: Seq, i: int, kv_len: int) -> None:
         self.rows[i] = seq
@@ -175,18 +178,20 @@ class SlotBatch:
                             for k, v in zip(self.k, self.v, strict=True)])
 
     def compact(self) -> None:
-        """Move rows out of high slots when most slots below them are empty (forward passes
-        compute every slot up to the last occupied one), and drop window columns no row uses."""
+        """Fill every empty slot below the last occupied one with the last occupied row (one row
+        copy per move; a slot empties once per finished sequence), so forward passes compute
+        no empty rows; then drop window columns no row uses."""
+        while True:
+            used = self.used
+            hole = next((i for i in range(used) if self.rows[i] is None), None)
+            if hole is None:
+                break
+            seq = self.rows[used - 1]
+            self._copy_to(used - 1, hole)
+            self._bind(seq, hole, seq.kv_len)
+            self.rows[used - 1] = None
+            self.mask[used - 1].zero_()
         rows = self.occupied()
-        if self.used > 2 * len(rows) + 8:
-            for seq in sorted(rows, key=lambda r: -r.slot):
-                free = next(i for i, r in enumerate(self.rows) if r is None)
-                if free > seq.slot:
-                    break
-                src = seq.slot
-                self._bind(seq, self._copy(src), seq.kv_len)
-                self.rows[src] = None
-                self.mask[src].zero_()
         if rows:
             self.start = max(self.start, int(min(self.first[r.slot] for r in rows)))
 
