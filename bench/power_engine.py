@@ -75,10 +75,13 @@ def resident_run(eng: HFEngine, prompt: tuple, resident: bool, particles: int = 
 
 def join_run(eng: HFEngine, prompt: tuple, joins: bool, rows: int = 32, steps: int = 64) -> dict:
     async def work():
+        p0 = eng.stats.forward_passes
         base = asyncio.ensure_future(eng.sample([SampleSpec(prompt, steps, seed=i, stop_ids=()) for i in range(rows)]))
+        while eng.stats.forward_passes < p0 + 2:  # the batch is running, its prompt cached
+            await asyncio.sleep(0.001)
         if joins:  # one short request joins every step while the batch runs
             others = []
-            for s in range(steps - 4):
+            for s in range(steps - 8):
                 others.append(asyncio.ensure_future(eng.sample([SampleSpec(prompt + (s % 7,), 2, seed=9000 + s,
                                                                            stop_ids=())])))
                 await asyncio.sleep(0)
