@@ -53,22 +53,11 @@ class PrefixCache:
 
     def match(self, tokens: Sequence[int], limit: int | None = None) -> tuple[int, torch.Tensor | None]:
         """Longest cached prefix of tokens[:limit] → (its length, its KV as one new tensor)."""
-        if not self.enabled:
-            return 0, None
         tokens = tokens if limit is None else tokens[:limit]
-        node, pos, parts = self.root, 0, []
-        now = next(self._clock)
-        while pos < len(tokens):
-            child = node.children.get(tokens[pos])
-            if child is None:
-                break
-            k = self._common(child.tokens, tokens, pos)
-            child.last_used = now
+        parts, pos = [], 0
+        for child, k in self._path(tokens, split=False):
             parts.append(child.kv if k == len(child.tokens) else child.kv.narrow(self.seq_dim, 0, k))
             pos += k
-            if k < len(child.tokens):
-                break
-            node = child
         if pos == 0:
             return 0, None
         return pos, torch.cat(parts, dim=self.seq_dim)
@@ -77,37 +66,40 @@ class PrefixCache:
         """Keep the cached prefix of `tokens` from eviction until `unpin(tokens, n)` with the
         returned n (how many tokens were cached, hence pinned). The path is split at n so that
         it ends on a node boundary; later splits inside it copy the count to both halves."""
-        n = self._walk(tokens, +1, split=True)
-        return n
+        pos = 0
+        for child, k in self._path(tokens, split=True):
+            child.pins += 1
+            pos += k
+        return pos
 
     def unpin(self, tokens: Sequence[int], n: int) -> None:
-        """Release a pin taken by `pin` (n: what it returned)."""
-        if n:
-            self._walk(tokens[:n], -1, split=False)
+        """Release a pin taken by `pin` (n: what it returned; the path ends on a node boundary)."""
+        for child, _ in self._path(tokens[:n], split=False):
+            child.pins -= 1
 
     def unpin_all(self) -> None:
         for node in self._nodes():
             node.pins = 0
 
-    def _walk(self, tokens: Sequence[int], delta: int, split: bool) -> int:
-        if not self.enabled or not tokens:
-            return 0
+    def _path(self, tokens: Sequence[int], split: bool):
+        """The nodes along the cached prefix of `tokens`, each marked as just used, with how many
+        of its tokens match: every edge fully but possibly the last (split there when `split`)."""
+        if not self.enabled:
+            return
         node, pos = self.root, 0
         now = next(self._clock)
         while pos < len(tokens):
             child = node.children.get(tokens[pos])
             if child is None:
-                break
+                return
             k = self._common(child.tokens, tokens, pos)
-            if k < len(child.tokens):
-                if not split or k == 0:
-                    break
+            if k < len(child.tokens) and split:
                 child = self._split(child, k)
             child.last_used = now
-            child.pins += delta
-            pos += k
-            node = child
-        return pos
+            yield child, k
+            if k < len(child.tokens):
+                return
+            node, pos = child, pos + k
 
     def insert(self, tokens: Sequence[int], kv: torch.Tensor) -> None:
         """Cache kv (covering tokens[:kv.shape[seq_dim]]); only the uncached tail is stored."""
