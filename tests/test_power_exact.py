@@ -109,7 +109,7 @@ async def check_exact(alpha: float, decoding: dict, n: int = N_EXACT, tol: float
         (2.0, {"block_size": 2, "mcmc_steps": 3}, N_EXACT),
         pytest.param(2.0, {"block_size": 2, "mcmc_steps": 3}, 20_000, marks=pytest.mark.slow),
         pytest.param(4.0, {"block_size": 1, "mcmc_steps": 3}, 20_000, marks=pytest.mark.slow),
-        pytest.param(2.0, {"block_size": 5, "mcmc_steps": 4, "proposals": 3}, 20_000, marks=pytest.mark.slow),
+        pytest.param(2.0, {"block_size": 5, "mcmc_steps": 10, "proposals": 3}, 20_000, marks=pytest.mark.slow),
     ],
 )
 async def test_mh_matches_p_alpha(alpha, decoding, n):
