@@ -38,6 +38,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def no_gc():
+    """CPython's cyclic GC off for the duration of a test. The statistical power-sampling tests
+    keep thousands of concurrent chains (tasks, tracks, pending engine calls) alive: ~10⁵
+    container objects that survive young collections, so full collections keep rescanning
+    them and double the run time. Nothing in those runs forms garbage cycles that must be
+    freed before the test ends; the collector runs once afterwards."""
+    import gc
+
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny random Llama with a byte-level tokenizer and a chat template, saved as an HF dir."""

@@ -152,3 +152,26 @@ async def test_score_rejects_bad_starts(engine):
         await engine.score([[1, 2, 3], [1, 2]], start=[1])
     with pytest.raises(ContextLengthError):
         await engine.score([[1] * (engine.max_context + 1)], start=1)
+
+
+async def test_token_draws_stream_log_w_and_top_alternatives(engine):
+    """TokenDraw carries the same log_w (and top alternatives) the Sample reports: strategies
+    decide on streamed values (power MH's early rejection, look-ahead pauses)."""
+    p = prompt_of(engine)
+    seen: dict[int, list] = {0: [], 1: []}
+
+    def cb(i, draw):
+        seen[i].append(draw)
+        return True
+
+    specs = [SampleSpec(p, 6, alpha=a, seed=9, stop_ids=(), top_logprobs=3) for a in (1.0, 4.0)]
+    out = await engine.sample(specs, cb)
+    for i, s in enumerate(out):
+        draws = seen[i]
+        assert [d.token for d in draws] == s.tokens
+        np.testing.assert_allclose([d.log_w for d in draws], s.log_w, atol=1e-6)
+        np.testing.assert_allclose([d.logp for d in draws], s.logp, atol=1e-6)
+        np.testing.assert_array_equal(np.stack([d.top_ids for d in draws]), s.top_ids)
+        # the best alternative is at least the drawn token (1e-4: vLLM's alternatives come from a
+        # scoring pass, its logp from the decode pass; fp32 of two passes differs by ~1e-5)
+        assert all(d.top_logps[0] >= d.logp - 1e-4 for d in draws)

@@ -174,7 +174,7 @@ async def test_a_failing_step_fails_its_callers_instead_of_hanging(hf_engine, mo
     def boom(*a, **k):
         raise RuntimeError("model exploded")
 
-    monkeypatch.setattr(hf_engine, "_admit", boom)
+    monkeypatch.setattr(hf_engine.scheduler, "admit", boom)
     with pytest.raises(RuntimeError, match="exploded"):
         await asyncio.wait_for(hf_engine.sample([SampleSpec(p, 3, seed=1)]), timeout=30)
     monkeypatch.undo()

@@ -76,6 +76,31 @@ def test_twin_matches_brute_force():
                                                         abs=1e-4)
 
 
+def test_uniforms_never_reach_0_or_1():
+    """Every 32-bit hash maps strictly inside (0, 1), so the Gumbel noise is finite: with 24 bits
+    the largest hash rounded to u = 1.0 in float32 and its index won every draw it occurred in,
+    masked or not (about once per 2**24 vocabulary entries, ~1% of draws at a 150k vocabulary)."""
+    h = torch.tensor([0, 1, 2**31, 2**32 - 512, 2**32 - 1], dtype=torch.int64)
+    u = rng.unit_float(h)
+    assert (u > 0).all() and (u < 1).all()
+    assert torch.isfinite(-torch.log(-torch.log(u))).all()
+    assert u[-1].item() == 1.0 - 2.0**-24 and u[0].item() == 2.0**-24
+    old = ((h >> 8).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
+    assert old[-1].item() == 1.0  # the bug this guards against
+
+
+def test_a_masked_token_is_never_drawn_whatever_the_noise():
+    """A (seed, offset) whose noise once hit u = 1.0 at index 90: top-k must still hold."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 259) * 2
+    logits[:, 90] = -20.0
+    n = 3
+    out = tempered_sample_torch(logits, torch.full((n,), 3.0), torch.full((n,), 1953355636230617881),
+                                torch.full((n,), 23), torch.full((n,), 2), None)
+    for i in range(n):
+        assert out.token[i].item() in torch.topk(logits[i], 2).indices.tolist()
+
+
 def test_twin_greedy_ties_take_lowest_index():
     logits = torch.tensor([[0.0, 2.0, 2.0, 1.0], [5.0, 5.0, 5.0, 5.0]])
     out = tempered_sample_torch(logits, torch.full((2,), math.inf), torch.zeros(2, dtype=torch.long),

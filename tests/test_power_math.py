@@ -188,3 +188,45 @@ def test_token_count_matches_schedule_enumeration_and_research_table():
     assert mh_token_count(L, B, N) / L == pytest.approx(14.5, abs=0.05)  # research §4 table
     assert mh_token_count(3072, 192, 10) / 3072 == pytest.approx(43.5, abs=0.05)
     assert pm.block_lengths(5, 2) == [2, 4, 5]
+
+
+def test_mh_log_accept_is_the_ratio_with_the_hastings_factor():
+    """π(y)ρ(y)Q(x_i:) / (π(x)ρ(x)Q(y_i:)) with ρ = 1/ℓ, against the formula's parts."""
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        cur, prop = rng.normal(size=2) * 3
+        lx, ly = rng.integers(1, 50, size=2)
+        want = math.log(math.exp(prop) * (1 / ly) / (math.exp(cur) * (1 / lx)))
+        assert pm.mh_log_accept(cur, lx, prop, ly) == pytest.approx(want, rel=1e-12, abs=1e-12)
+    got = pm.mh_log_accept(np.array([-1.0, -2.0]), np.array([3, 4]), np.array([-0.5, -1.0]), np.array([2, 8]))
+    np.testing.assert_allclose(got, [0.5 + math.log(3 / 2), 1.0 + math.log(4 / 8)])
+
+
+def test_reject_bound_is_never_below_the_final_log_accept():
+    """Early rejection is exact iff the bound after m tokens is ≥ log A of every completion.
+    Enumerate every continuation (log_w ≤ 0 per token, lengths up to t) of every partial sum."""
+    rng = np.random.default_rng(12)
+    for _ in range(200):
+        t, i = int(rng.integers(3, 9)), 0
+        i = int(rng.integers(0, t - 1))
+        L, cur = int(rng.integers(i + 1, t + 1)), -float(rng.exponential(2.0))
+        prefix = -rng.exponential(0.5, size=t - i)  # the proposal's log_w, one per token
+        for m in range(1, t - i):  # unfinished after m tokens
+            bound = pm.mh_reject_bound(prefix[:m].sum(), cur, L, i, m)
+            for end in range(m + 1, t - i + 1):  # it may end at any later length
+                final = pm.mh_log_accept(cur, L, prefix[:end].sum(), i + end)
+                assert final <= bound + 1e-12
+
+
+def test_isir_gumbel_choice_draws_proportionally_to_exp_scores():
+    """argmax(score + Gumbel) picks j with probability softmax(score)_j (Gumbel-max), the rule
+    i-SIR uses once its noise is fixed up front."""
+    rng = np.random.default_rng(13)
+    sums, lens = np.array([-2.0, -1.0, -3.5]), np.array([4, 2, 7])
+    scores = pm.isir_scores(sums, lens)
+    np.testing.assert_allclose(scores, sums - np.log(lens))
+    n = 200_000
+    g = pm.gumbel(1.0 - rng.random((n, 3)))
+    freq = np.bincount(np.argmax(scores + g, axis=1), minlength=3) / n
+    want = np.exp(scores - brute_lse(list(scores)))
+    np.testing.assert_allclose(freq, want, atol=4 * np.sqrt(want * (1 - want) / n).max())

@@ -9,7 +9,7 @@ import pytest
 from temper.decoding.engines.toy import ToyEngine, ToyModel
 from temper.decoding.errors import ParamError
 from temper.decoding.power_math import block_lengths
-from temper.decoding.strategies.base import DecodeRequest
+from temper.decoding.strategies.base import DecodeRequest, StrategyOptions
 from temper.decoding.strategies.power import PowerStrategy
 from temper.decoding.strategies.power_params import DEFAULT_MAX_TOKENS, PowerParams, token_budget
 from temper.decoding.strategies.registry import get_strategy, parse_decoding
@@ -26,6 +26,12 @@ def test_defaults():
     assert (p.method, p.alpha, p.block_size, p.mcmc_steps, p.proposals) == ("mh", 4.0, 192, 10, 1)
     assert (p.particles, p.resample_every, p.ess_threshold, p.ramp_tokens) == (32, 64, 0.5, 0)
     assert p.max_tokens is None and p.seed is None and p.early_stop is False
+    assert p.proposal == "tempered" and p.early_rejection is True and p.lookahead(100) is None
+    la = PowerParams(proposal="lookahead").lookahead(100)
+    assert (la.k, la.m, la.h, la.threshold, la.eps, la.rollout, la.max_tokens) == (8, 4, 32, 0.9, 0.05, "q", 100)
+    la = PowerParams(method="lookahead").lookahead(50)
+    assert (la.k, la.m, la.h, la.threshold, la.eps) == (8, 8, 192, 1.0, 0.0)
+    assert PowerParams(method="lookahead").jackknife and PowerParams(method="lookahead").lookahead_candidates == 32
 
 
 @pytest.mark.parametrize(
@@ -51,6 +57,30 @@ def test_defaults():
         ({"method": "mh", "ramp_tokens": 8}, "ramp_tokens"),
         ({"method": "smc", "block_size": 8}, "block_size"),
         ({"method": "smc", "proposals": 2}, "proposals"),
+        ({"method": "smc", "early_rejection": False}, "early_rejection"),
+        # look-ahead knobs: bounds, and only where a look-ahead runs
+        ({"method": "lookahead", "lookahead_k": 0}, "lookahead_k"),
+        ({"method": "lookahead", "lookahead_k": 65}, "lookahead_k"),
+        ({"method": "lookahead", "lookahead_m": 0}, "lookahead_m"),
+        ({"proposal": "lookahead", "lookahead_h": 0}, "lookahead_h"),
+        ({"proposal": "lookahead", "lookahead_threshold": 0.0}, "lookahead_threshold"),
+        ({"proposal": "lookahead", "lookahead_threshold": 1.5}, "lookahead_threshold"),
+        ({"proposal": "lookahead", "lookahead_threshold": float("nan")}, "lookahead_threshold"),
+        ({"proposal": "lookahead", "lookahead_eps": 0.0}, "lookahead_eps"),
+        ({"proposal": "lookahead", "lookahead_eps": 1.5}, "lookahead_eps"),
+        ({"proposal": "lookahead", "lookahead_rollout": "r"}, "lookahead_rollout"),
+        ({"method": "lookahead", "lookahead_candidates": 0}, "lookahead_candidates"),
+        ({"method": "lookahead", "lookahead_candidates": 257}, "lookahead_candidates"),
+        ({"proposal": "beam"}, "proposal"),
+        ({"method": "lookahead", "proposal": "lookahead"}, "proposal"),
+        ({"lookahead_k": 4}, "lookahead_k"),  # mh with the tempered proposal has no look-ahead
+        ({"method": "smc", "lookahead_m": 4}, "lookahead_m"),
+        ({"method": "lookahead", "lookahead_eps": 0.1}, "lookahead_eps"),  # the paper's sampler has no mixture
+        ({"proposal": "lookahead", "jackknife": False}, "jackknife"),
+        ({"method": "smc", "proposal": "lookahead", "lookahead_candidates": 4}, "lookahead_candidates"),
+        ({"method": "lookahead", "block_size": 1, "lookahead_candidates": 4}, "lookahead_candidates"),
+        ({"method": "lookahead", "lookahead_threshold": 0.5}, "lookahead_threshold"),  # blocks: no gate
+        ({"method": "smc", "proposal": "lookahead", "ramp_tokens": 8}, "ramp_tokens"),
     ],
 )
 def test_bad_params_are_param_errors_naming_the_field(decoding, field):
@@ -84,8 +114,10 @@ async def test_mh_metadata_usage_and_one_call_per_step(decode_request, run_strat
     blocks = len(block_lengths(7, 3))
     assert len(m["acceptance_rate_per_block"]) == m["blocks"] == blocks
     assert 0.0 <= m["acceptance_rate"] <= 1.0
-    # all 3 chains × 2 proposals of a step share one engine call
-    assert eng.calls <= blocks * (1 + 2)
+    # chains are their own tasks, but their calls share engine steps: never more steps than
+    # one chain's own sequential depth (its extensions, then 2 moves of ≤ t_k tokens per block)
+    assert eng.steps <= 7 + 2 * sum(block_lengths(7, 3))
+    assert eng.calls <= 3 * blocks * (1 + 2)
     assert len(res.completions) == 3
     for c in res.completions:
         assert 1 <= len(c.tokens) <= 7 and len(c.logp) == len(c.tokens)
@@ -188,6 +220,36 @@ async def test_hf_engine_smoke(hf_engine, method, decode_request, run_strategy):
         assert m["ess_trace"]
     b = await run_strategy(decode_request(hf_engine, n=2, max_tokens=8, seed=3), {"strategy": "power", **dec})
     assert [c.tokens for c in a.completions] == [c.tokens for c in b.completions]
+
+
+@pytest.mark.parametrize(
+    "decoding, n, limit, field",
+    [
+        ({"method": "smc", "particles": 64, "proposal": "lookahead", "lookahead_k": 8, "lookahead_m": 8}, 2, 4096,
+         "decoding.lookahead_m"),
+        ({"proposals": 4, "proposal": "lookahead", "lookahead_k": 4, "lookahead_m": 4}, 8, 500, "decoding.lookahead_m"),
+        ({"method": "lookahead", "block_size": 1, "lookahead_k": 8, "lookahead_m": 8}, 10, 600, "decoding.lookahead_m"),
+        ({"method": "lookahead", "lookahead_candidates": 64}, 10, 600, "decoding.lookahead_candidates"),
+        ({"method": "smc", "particles": 64}, 10, 600, "n"),
+    ],
+)
+def test_lookahead_budget_beyond_max_sequences_is_a_400(toy_engine, decoding, n, limit, field):
+    strategy, params = parse_decoding({"strategy": "power", **decoding})
+    req = DecodeRequest(prompt=[0], settings=SamplingSettings(n=n, max_tokens=4), engine=toy_engine,
+                        options=StrategyOptions(max_sequences=limit))
+    with pytest.raises(ParamError) as e:
+        strategy.check(req, params)
+    assert e.value.param == field and str(limit) in e.value.message
+
+
+def test_p_rollouts_with_truncation_are_a_400(toy_engine):
+    strategy, params = parse_decoding({"strategy": "power", "proposal": "lookahead", "lookahead_rollout": "p"})
+    ok = DecodeRequest(prompt=[0], settings=SamplingSettings(max_tokens=4), engine=toy_engine)
+    strategy.check(ok, params)
+    bad = DecodeRequest(prompt=[0], settings=SamplingSettings(max_tokens=4, top_k=2), engine=toy_engine)
+    with pytest.raises(ParamError) as e:
+        strategy.check(bad, params)
+    assert e.value.param == "decoding.lookahead_rollout"
 
 
 async def test_too_many_sequences_per_request_is_a_400(toy_engine):

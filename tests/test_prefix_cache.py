@@ -58,3 +58,22 @@ def test_limit_keeps_last_token_out():
     cache = PrefixCache(max_tokens=100, seq_dim=1)
     cache.insert([1, 2, 3], kv_of([1, 2, 3]))
     assert cache.match([1, 2, 3], limit=2)[0] == 2
+
+
+def test_pinned_paths_survive_eviction_until_unpinned():
+    cache = PrefixCache(max_tokens=12, seq_dim=1)
+    state = tuple(range(10))
+    cache.insert(state, kv_of(state))
+    n = cache.pin(state[:7])  # ends inside the edge: split there, the head is pinned
+    assert n == 7
+    for k in range(3):  # newer entries push the budget
+        other = (100 + k,) * 6
+        cache.insert(other, kv_of(other))
+    assert cache.match(state)[0] >= 7  # the pinned head survived, its unpinned tail may not
+    assert cache.total_tokens <= 12 + 7
+    cache.unpin(state[:7], n)
+    for k in range(3):
+        other = (200 + k,) * 6
+        cache.insert(other, kv_of(other))
+    assert cache.match(state)[0] == 0  # unpinned: evicted like anything else
+    assert cache.total_tokens <= 12

@@ -222,7 +222,7 @@ def test_engine_failures_stay_with_their_requests(tiny_model_dir):
     from temper.decoding.engines.hf import HFEngine
 
     engine = HFEngine.from_pretrained(str(tiny_model_dir), name="tiny", device="cpu", dtype="float32")
-    engine.model = FlakyModel(engine.model)
+    engine.model = engine.scheduler.model = FlakyModel(engine.model)
     with ServerThread(ServerConfig(request_timeout=30), {"tiny": engine}) as srv:
         bad = httpx.post(
             srv.url + "/v1/completions", json={"prompt": [5, FlakyModel.POISON], "max_tokens": 2}, timeout=30

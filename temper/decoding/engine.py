@@ -19,6 +19,24 @@ kept set). Scoring is always raw.
 Weights can change while an engine serves (RL training loops): `load_weights` swaps them between
 steps and clears the prefix cache; `weight_version` counts the swaps.
 
+Optional parts of the protocol (fields with defaults: an engine that ignores them is still
+correct, only slower or less informative; the toy and HF engines implement all of them):
+  * TokenDraw.log_w        the token's log_w streamed to the token callback (None = not
+                           streamed), so a strategy can stop a proposal that can no longer be
+                           accepted (power MH's early rejection) before it finishes.
+  * SampleSpec.cache       False = do not keep this sample's KV for reuse once it finishes
+                           (look-ahead rollouts: thousands of throw-away suffixes that would
+                           evict the prefixes that matter).
+  * SampleSpec.retain      token ids (e.g. an MH chain's current state while it proposes from
+                           a cut of it) whose cached KV the caller will need again: the engine
+                           keeps them cached (pinned) while this sample runs, so samples that
+                           branch off them (rejected proposals) are evicted instead.
+  * SampleSpec.resident    the caller will probably continue from prefix + tokens soon (an SMC
+                           particle between two checkpoints): keep the finished sequence's KV
+                           where it is for a few scheduler steps, so that a spec whose prefix is
+                           exactly that sequence continues it without copying, and further such
+                           specs (resampled copies) copy only that row.
+
 This module holds the protocol and plain data types only; no engine lives here.
 """
 
@@ -38,14 +56,16 @@ FinishReason = Literal["stop", "length", "abort"]
 
 @dataclass(frozen=True, slots=True)
 class TokenDraw:
-    """One token as it is appended, for streaming: its id, raw log-prob, its log-prob under
-    the distribution sampled, and the top alternatives (in the spec's logprobs_mode) when the
-    spec asked for top_logprobs."""
+    """One token as it is appended, for streaming: its id, raw log-prob, the top alternatives
+    (in the spec's logprobs_mode, most likely first) when the spec asked for top_logprobs, its
+    log-prob under the distribution sampled, and its log_w (α·logp − logq, as in Sample.log_w).
+    None = the engine does not stream that value."""
 
     token: int
     logp: float
     top_ids: np.ndarray | None = None  # [k] int64
     top_logps: np.ndarray | None = None  # [k] float32
+    log_w: float | None = None  # None: not streamed (early rejection is then skipped)
     logq: float | None = None  # None: the engine did not say (treat as unknown)
 
 
@@ -68,9 +88,14 @@ class SampleSpec:
     seed: int | None = None  # per-spec; same seed + same prefix = same tokens, whatever the batch
     top_logprobs: int = 0  # also return the k most likely alternatives per generated token
     logprobs_mode: Literal["raw", "processed"] = "raw"  # what the alternatives are log-probs of
+    # Hints (module docstring): they change what an engine keeps, never what it samples.
+    cache: bool = True  # False: do not keep this sample's KV for reuse once it finishes
+    retain: tuple[int, ...] = ()  # token ids whose cached KV the caller will need again
+    resident: bool = False  # the caller will likely continue from prefix + tokens right away
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prefix", tuple(int(t) for t in self.prefix))
+        object.__setattr__(self, "retain", tuple(int(t) for t in self.retain))
         if len(self.prefix) == 0:
             raise ValueError("prefix: must hold at least one token id")
         if self.max_new_tokens < 1:

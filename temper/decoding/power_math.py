@@ -3,7 +3,9 @@
 What this is: the decisions the MH and SMC strategies make from per-token log-weights
 log_w_t = α·log p_t − log q_t (for a tempered proposal this is log Z_t, research/power_sampling.md
 §2.3), all in float64 on host arrays (power_mh / power_smc call these directly):
-  * MH / i-SIR:  per-sample and suffix sums of log_w, the accept / choose decision;
+  * MH / i-SIR:  per-sample and suffix sums of log_w, the accept / choose decision, the
+                 Hastings factor of cuts drawn over a state's real length, and the bounds that
+                 let a proposal be abandoned early without changing any decision;
   * SMC:         normalised weights, effective sample size, systematic resampling, and the
                  re-weighting that keeps the target p^α while the proposal exponent ramps up;
   * schedule:    the fixed logical block lengths of blockwise MH.
@@ -97,6 +99,57 @@ def choose_next(cur_sum: np.ndarray, prop_sum: np.ndarray, u: np.ndarray) -> np.
         with np.errstate(divide="ignore", invalid="ignore"):
             return (np.log(np.asarray(u, dtype=np.float64)) < prop_sum[:, 0] - cur_sum).astype(np.int64)
     return categorical(np.concatenate([cur_sum[:, None], prop_sum], axis=1), u).astype(np.int64)
+
+
+def _arr(x):
+    """Python / numpy scalars pass through (the per-chain decisions are scalar and run once per
+    token in the hot loop), anything else becomes a float64 array."""
+    return x if isinstance(x, (int, float, np.integer, np.floating)) else np.asarray(x, dtype=np.float64)
+
+
+def _log(x):
+    x = _arr(x)
+    return math.log(x) if isinstance(x, (int, float, np.integer, np.floating)) else np.log(x)
+
+
+def mh_log_accept(cur_sum, cur_len, prop_sum, prop_len):
+    """log A of an MH move at a cut drawn uniformly over the current state's REAL length.
+
+    cur_sum / prop_sum: Σ log_w of the current / proposed suffix from the cut (log_w =
+    α·log p − log r of each token under the proposal r that drew it; log Z_t for a tempered
+    one); cur_len / prop_len: ℓ(x), ℓ(y), the states' lengths including their stop token.
+    The move "cut at i" is picked with probability ρ_i(x) = 1/ℓ(x) and its reverse with
+    1/ℓ(y), so A = π(y)ρ_i(y)Q(x_i:)/(π(x)ρ_i(x)Q(y_i:)) gains log ℓ(x) − log ℓ(y) (Green's
+    state-dependent move mixture: each move type is reversible on its own). Without that
+    factor the chain is biased (a small per-step defect, a large stationary one).
+    Scalars in, a float out; arrays broadcast."""
+    return _arr(prop_sum) - _arr(cur_sum) + _log(cur_len) - _log(prop_len)
+
+
+def mh_reject_bound(partial_sum, cur_sum, cur_len, cut, decoded, slack: float = 0.0):
+    """Upper bound on log A for an UNFINISHED tempered proposal after `decoded` tokens from `cut`.
+
+    Valid when every future log_w ≤ 0 (α ≥ 1 and a tempered, possibly truncated proposal:
+    log Σ_{u∈S} p(u)^α ≤ 0): the proposal's sum can only fall, and its length is at least
+    cut + decoded + 1. So once the bound is ≤ log u the move is rejected whatever comes next:
+    stopping it there makes the same decision with fewer tokens (early rejection). `slack`
+    covers float error in the engine's log_w (fp32 values can come out a hair above 0)."""
+    return mh_log_accept(cur_sum, cur_len, partial_sum, _arr(cut) + _arr(decoded) + 1) + slack
+
+
+def isir_scores(suffix_sum, length):
+    """i-SIR log weights with real-length cuts: Σ log_w(suffix) − log ℓ(state), one per candidate
+    (current state and proposals, sharing the cut). The candidate chosen ∝ exp(score) leaves π
+    invariant: the weight of z is π(z)ρ_i(z)/Q(z_i:) up to a factor shared by all candidates."""
+    return _arr(suffix_sum) - _log(length)
+
+
+def gumbel(u):
+    """Gumbel(0, 1) noise from uniforms u in (0, 1): argmax(score + gumbel) is a draw ∝ exp(score),
+    and the noise is fixed before any score is known, so a candidate whose best possible score
+    plus its noise is already below another's known total can be dropped without changing the
+    draw (early rejection for i-SIR)."""
+    return -_log(-_log(u))
 
 
 # ----------------------------------------------------------------------------------------- SMC

@@ -51,11 +51,19 @@ def row_key(seed: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
 
 
 def uniform(seed: torch.Tensor, offset: torch.Tensor, n: int) -> torch.Tensor:
-    """[B] seeds and offsets → [B, n] float32 uniforms in (0, 1), 24 random bits each."""
+    """[B] seeds and offsets → [B, n] float32 uniforms in (0, 1), 23 random bits each."""
     key = row_key(seed, offset)[:, None]  # [B, 1]
     idx = torch.arange(n, dtype=torch.int64, device=seed.device)[None, :]  # [1, n]
     h = lowbias32(key ^ lowbias32((idx + IDX_SALT) & M32))
-    return ((h >> 8).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
+    return unit_float(h)
+
+
+def unit_float(h: torch.Tensor) -> torch.Tensor:
+    """32-bit hashes → float32 in the OPEN interval (0, 1): the top 23 bits plus one half,
+    over 2**23, i.e. [2**-24, 1 − 2**-24], every value exact in float32. (24 bits would not
+    do: float32 spacing is 1 at 2**23..2**24, so (2**24 − 1) + 0.5 rounds to 2**24 and u = 1.0,
+    whose Gumbel noise is +inf: that index would win even where top-k / top-p masks it out.)"""
+    return ((h >> 9).to(torch.float32) + 0.5) * (1.0 / 8388608.0)
 
 
 def gumbel(seed: torch.Tensor, offset: torch.Tensor, n: int) -> torch.Tensor:
@@ -92,4 +100,4 @@ def row_key_tl(seed, offset):
 def uniform_tl(key, idx):
     """`uniform` for a uint32 key and int32 indices idx [BLOCK] → float32 [BLOCK] in (0, 1)."""
     h = lowbias32_tl(key ^ lowbias32_tl((idx + 0x632BE5AB).to(tl.uint32)))
-    return ((h >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+    return ((h >> 9).to(tl.float32) + 0.5) * (1.0 / 8388608.0)  # see unit_float

@@ -1,11 +1,14 @@
 """HFEngine: the Engine protocol on Hugging Face transformers, CPU or CUDA, fp32 or bf16.
 
 - Continuous batching: every `sample` call queues its sequences; one scheduler task runs a
-  decode step for all live sequences of all callers at once (ragged lengths, left-padded KV),
-  admitting new sequences between steps.
+  decode step for all live sequences of all callers at once (ragged lengths, each sequence's
+  KV in its own slot of preallocated buffers: hf_slots.py), admitting new sequences between
+  steps without moving anyone else's KV (hf_scheduler.py).
 - KV-prefix reuse: prefixes are looked up in a radix PrefixCache; only the uncached tail is
   prefilled. Finished sequences are inserted, so MH proposals and SMC particles that fork from
-  a cut of an earlier sample recompute nothing but the cut's last token.
+  a cut of an earlier sample recompute nothing but the cut's last token. The SampleSpec hints
+  are honoured: `cache=False` samples are not inserted, `retain` pins the caller's state,
+  `resident` samples stay in their slot for their continuation (SMC particles).
 - Sampling goes through `triton_kernels.tempered_sample` with counter-based per-sequence seeds,
   so a seeded spec draws the same tokens whatever else shares its batch.
 
@@ -37,9 +40,9 @@ from temper.decoding.engine import (
     score_starts,
 )
 from temper.decoding.engines.checkpoint import read_checkpoint
-from temper.decoding.engines.hf_batch import DecodeBatch, prefill, prefill_groups
-from temper.decoding.engines.hf_sampling import sample_rows, score_chunk
-from temper.decoding.engines.hf_seq import SampleCall, Seq, SeqStatus
+from temper.decoding.engines.hf_sampling import score_chunk
+from temper.decoding.engines.hf_scheduler import Scheduler
+from temper.decoding.engines.hf_seq import SampleCall, Seq
 from temper.decoding.engines.hf_tokenizer import HFTokenizer
 from temper.decoding.engines.prefix_cache import PrefixCache
 from temper.decoding.errors import EngineDeadError
@@ -96,12 +99,10 @@ class HFEngine:
         self.weight_version = 0
         self.healthy = True  # False once the engine cannot recover (see _step_failed)
         self._failures = 0  # steps failed in a row
-        self._stepping: list[Seq] = []  # the sequences of the step in progress
         self.prefix_cache = PrefixCache(prefix_cache_tokens, seq_dim=3)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"hf-{name}")
-        self._waiting: collections.deque[Seq] = collections.deque()
+        self.scheduler = Scheduler(self.model, self.prefix_cache, self.stats, max_batch, self.pad_id)
         self._calls: set[SampleCall] = set()  # unresolved calls, so a failed step can fail them all
-        self._batch: DecodeBatch | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
@@ -137,8 +138,7 @@ class HFEngine:
     @property
     def queue_depth(self) -> int:
         """Sequences waiting or running."""
-        running = len(self._batch.live()) if self._batch is not None else 0
-        return len(self._waiting) + running
+        return self.scheduler.depth
 
     async def sample(self, specs: Sequence[SampleSpec], on_token: TokenCallback | None = None) -> list[Sample]:
         if not self.healthy:
@@ -159,7 +159,7 @@ class HFEngine:
                 stops=frozenset(self.eos_ids if spec.stop_ids is None else spec.stop_ids),
             )
             call.seqs.append(seq)
-            self._waiting.append(seq)
+            self.scheduler.waiting.append(seq)
         self._calls.add(call)
         self._wake.set()
         try:
@@ -219,8 +219,7 @@ class HFEngine:
         if self._task is not None and self._loop is loop and not self._task.done():
             return
         # a new event loop (e.g. successive asyncio.run calls): state of the old one is dead
-        self._waiting.clear()
-        self._batch = None
+        self.scheduler.reset()
         self._calls.clear()
         self._loop, self._wake = loop, asyncio.Event()
         self._task = loop.create_task(self._run(), name=f"hf-engine-{self.name}")
@@ -228,13 +227,13 @@ class HFEngine:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            self._drop_cancelled()
-            if not self._waiting and (self._batch is None or not self._batch.live()):
+            self.scheduler.drop_cancelled()
+            if not self.scheduler.busy:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             try:
-                events = await loop.run_in_executor(self._pool, self._step)
+                events = await loop.run_in_executor(self._pool, self.scheduler.step)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # fail the step's callers, keep serving the others
@@ -243,14 +242,6 @@ class HFEngine:
             self._failures = 0
             self._deliver(events)
 
-    def _drop_cancelled(self) -> None:
-        if any(s.call.cancelled for s in self._waiting):
-            self._waiting = collections.deque(s for s in self._waiting if not s.call.cancelled)
-        if self._batch is not None:
-            for s in self._batch.rows:
-                if s.call.cancelled:
-                    s.finish("abort")  # an aborted row's KV is not cached (see _retire)
-
     def _step_failed(self, exc: Exception) -> None:
         """A step raised (a bad tensor, an out-of-memory): the calls whose sequences were in it
         fail with the error, the batch is dropped (its KV may be half-written), the waiting
@@ -258,21 +249,22 @@ class HFEngine:
         cannot recover: it fails everything and refuses new work (`healthy` turns False)."""
         self._failures += 1
         log.error("engine %s: step failed (%d in a row)", self.name, self._failures, exc_info=exc)
-        self._batch = None
+        stepping = self.scheduler.drop_batch()
         if self._failures >= MAX_FAILURES:
             self.healthy = False
             dead = EngineDeadError(f"engine {self.name!r} failed {self._failures} steps in a row: {exc}")
-            self._waiting.clear()
+            self.scheduler.reset()
             for call in self._calls:
                 call.fail(dead)
             return
-        for seq in self._stepping:
-            seq.call.fail(exc)
+        victims = {id(s.call): s.call for s in stepping}.values() if stepping else list(self._calls)
+        for call in victims:  # a step that failed before taking anyone in fails the callers waiting
+            call.fail(exc)
 
     def _deliver(self, events: list[tuple[Seq, int]]) -> None:
-        """Run token callbacks (event-loop side) and resolve finished calls. A step can append
-        two tokens to a new row (prefill, then decode); when the callback stops a row at the
-        first, the second is dropped so the row ends exactly at the token the callback saw."""
+        """Run token callbacks (event-loop side) and resolve finished calls. A step appends at
+        most one token per row (a row that drew its first token from a prefill skips that step's
+        decode), so a callback that stops a row stops it exactly at the token it saw."""
         per_seq = collections.Counter(id(s) for s, _ in events)
         seen: dict[int, int] = {}  # id(seq) -> its token count at the event being delivered
         cut: set[int] = set()
@@ -289,7 +281,8 @@ class HFEngine:
                     seq.logp[n - 1],
                     seq.top_ids[n - 1] if seq.top_ids else None,
                     seq.top_lps[n - 1] if seq.top_lps else None,
-                    seq.logq[n - 1],
+                    log_w=seq.log_w[n - 1],
+                    logq=seq.logq[n - 1],
                 )
                 try:
                     go_on = call.on_token(seq.index, draw)
@@ -305,84 +298,6 @@ class HFEngine:
                 seq.call.report(seq)
 
     # ---------------------------------------------------------------- worker thread
-
-    @torch.inference_mode()
-    def _step(self) -> list[tuple[Seq, int]]:
-        """One scheduling step: retire finished rows, admit and prefill new sequences, then
-        one decode step for every live row. Returns (sequence, token) for each new token."""
-        events: list[tuple[Seq, int]] = []
-        batch = self._batch
-        self._stepping = list(batch.rows) if batch is not None else []
-        self._retire_finished(batch)  # rows stopped by a callback or cancelled since last step
-        room = self.max_batch - (len(batch.live()) if batch is not None else 0)
-        admitted: list[Seq] = []
-        while self._waiting and room > 0:
-            seq = self._waiting.popleft()
-            if seq.call.cancelled:
-                continue
-            admitted.append(seq)
-            room -= 1
-        self._stepping += admitted
-        if admitted:
-            events += self._admit(admitted)
-        joining = [s for s in admitted if not s.done]
-        if joining or (batch is not None and batch.needs_compaction()):
-            rows = (batch.live() if batch is not None else []) + joining
-            self._batch = batch = DecodeBatch.build(rows, batch, self.pad_id) if rows else None
-        if batch is not None and batch.live():
-            logits = batch.forward(self.model)  # [B, V]
-            self.stats.forward_passes += 1
-            self.stats.forward_tokens += len(batch.rows)
-            events += self._sample_rows(batch.rows, logits, only_live=True)
-            self._retire_finished(batch)  # now, so the next call can already reuse their KV
-        for s, _ in events:
-            if s.status is SeqStatus.FINISHED and s.kv is not None:  # finished at its first token
-                s.status = SeqStatus.RETIRED
-                s.kv = None
-        return events
-
-    def _admit(self, seqs: list[Seq]) -> list[tuple[Seq, int]]:
-        """Prefill each distinct prefix once (siblings share it), then draw first tokens."""
-        by_prefix: dict[tuple[int, ...], list[Seq]] = {}
-        for s in seqs:
-            by_prefix.setdefault(s.spec.prefix, []).append(s)
-        prefixes = list(by_prefix)
-        hits = [self.prefix_cache.match(p, limit=len(p) - 1) for p in prefixes]
-        rows, logits = [], []
-        for idx in prefill_groups([len(p) - h[0] for p, h in zip(prefixes, hits, strict=True)]):
-            chunk = [prefixes[i] for i in idx]
-            results = prefill(self.model, self.prefix_cache, chunk, [hits[i] for i in idx], self.device, self.pad_id)
-            self.stats.forward_passes += 1
-            for prefix, (kv, last_logits, cached) in zip(chunk, results, strict=True):
-                self.stats.forward_tokens += len(prefix) - cached
-                self.stats.prefix_lookups += 1
-                self.stats.prefix_query_tokens += len(prefix)
-                self.stats.prefix_hit_tokens += cached
-                for s in by_prefix[prefix]:
-                    s.kv, s.kv_len, s.status = kv, len(prefix), SeqStatus.RUNNING
-                    s.cached_prefix, s.computed_prefix = cached, len(prefix) - cached
-                    rows.append(s)
-                    logits.append(last_logits)
-        return self._sample_rows(rows, torch.stack(logits), only_live=False)
-
-    def _sample_rows(self, rows: list[Seq], logits: torch.Tensor, only_live: bool) -> list[tuple[Seq, int]]:
-        events = sample_rows(rows, logits, only_live)
-        self.stats.generated_tokens += len(events)
-        return events
-
-    def _retire_finished(self, batch: DecodeBatch | None) -> None:
-        for row in batch.rows if batch is not None else ():
-            if row.status is SeqStatus.FINISHED:
-                self._retire(row, batch)
-
-    def _retire(self, row: Seq, batch: DecodeBatch) -> None:
-        """A finished row: keep its KV (prefix + all but the last token) in the prefix cache."""
-        row.status = SeqStatus.RETIRED
-        if row.reason == "abort" or not self.prefix_cache.enabled:
-            return
-        kv = batch.row_kv(row)  # may hold a token past a callback's cut: trim to the tokens kept
-        n = min(kv.shape[3], len(row.spec.prefix) + len(row.tokens))
-        self.prefix_cache.insert(row.spec.prefix + tuple(row.tokens), kv[:, :, :, :n])
 
     @torch.inference_mode()
     def _score(self, seqs: list[list[int]], starts: list[int], top_k: int, ranks: bool) -> list[Scored]:

@@ -1,9 +1,5 @@
-"""The HF engine's batched KV cache (dense, left-padded) and prefill.
-
-A DecodeBatch holds every running sequence's KV right-aligned in one transformers
-DynamicCache: [B, kv_heads, Lb, head_dim] per layer, with an attention mask for the left
-padding and explicit position ids, so rows of different lengths share each forward pass.
-It is rebuilt (rows re-packed) only when sequences join or enough of them have finished.
+"""The HF engine's prefill: the uncached tails of new sequences' prefixes in batched forward
+passes, their KV handed to the prefix cache. (The running batch's KV lives in hf_slots.py.)
 
 KV blocks handed to the prefix cache are [layers, 2, kv_heads, tokens, head_dim].
 """
@@ -12,7 +8,6 @@ from __future__ import annotations
 
 import torch
 
-from temper.decoding.engines.hf_seq import Seq
 from temper.decoding.engines.prefix_cache import PrefixCache
 
 
@@ -52,11 +47,13 @@ def prefill(
     hits: list[tuple[int, torch.Tensor | None]],
     device: torch.device,
     pad_id: int,
+    insert: list[bool] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
     """Run the uncached tails of several prefixes in one forward pass.
 
     `hits` are the prefix-cache matches (tokens, KV) of each prefix, at most len - 1 long: the
-    last token is always recomputed, its logits are needed. Returns per prefix: (KV [layers, 2,
+    last token is always recomputed, its logits are needed. `insert[i]` False: do not cache
+    prefix i (its samples asked for no caching). Returns per prefix: (KV [layers, 2,
     H, L, D], last-position logits [V] f32, tokens served from the cache).
 
     Layout per row: [left pad | cached m_i] as the past, then [new n_i | right pad] as input.
@@ -90,7 +87,8 @@ def prefill(
     for i, (p, mi, ni) in enumerate(zip(prefixes, m, n, strict=True)):
         # the row's real positions: cached [P - m_i, P) then new [P, P + n_i)
         kv = torch.stack([torch.stack([k[i, :, P - mi : P + ni], v[i, :, P - mi : P + ni]]) for k, v in layers])
-        prefix_cache.insert(p, kv)
+        if insert is None or insert[i]:
+            prefix_cache.insert(p, kv)
         results.append((kv, out.logits[i, keep.index(ni - 1)].float(), mi))
     return results
 
@@ -113,62 +111,3 @@ def prefill_groups(lengths: list[int], slack: int = 256) -> list[list[int]]:
     return groups
 
 
-class DecodeBatch:
-    """Running rows sharing one left-padded DynamicCache."""
-
-    def __init__(self, rows: list[Seq], cache, attn: torch.Tensor, pad_id: int):
-        self.rows = rows
-        self.cache = cache
-        self.attn = attn  # [B, Lb] 1 = real token, 0 = padding
-        self.pad_id = pad_id
-        self._slot = {id(r): i for i, r in enumerate(rows)}
-
-    def live(self) -> list[Seq]:
-        return [r for r in self.rows if not r.done]
-
-    def needs_compaction(self) -> bool:
-        dead = sum(r.done for r in self.rows)
-        return dead > 0 and 2 * dead >= len(self.rows)
-
-    def row_kv(self, row: Seq) -> torch.Tensor:
-        """The row's valid KV, [layers, 2, H, kv_len, D] (a copy)."""
-        i, n = self._slot[id(row)], row.kv_len
-        return torch.stack(
-            [torch.stack([k[i, :, -n:], v[i, :, -n:]]) for k, v in cache_layers(self.cache)]
-        )
-
-    @classmethod
-    def build(cls, rows: list[Seq], old: DecodeBatch | None, pad_id: int) -> DecodeBatch:
-        """Pack rows right-aligned: rows already batched bring their KV from `old`, new rows
-        their prefill KV."""
-        kvs = [r.kv if r.kv is not None else old.row_kv(r) for r in rows]
-        Lb = max(r.kv_len for r in rows)
-        packed = pack_right(kvs, Lb)
-        attn = torch.zeros((len(rows), Lb), dtype=torch.long, device=packed.device)
-        for i, r in enumerate(rows):
-            attn[i, Lb - r.kv_len :] = 1
-            r.kv = None
-        return cls(rows, new_cache(packed), attn, pad_id)
-
-    def forward(self, model) -> torch.Tensor:
-        """Feed every row's last token; returns next-token logits [B, V] in fp32."""
-        dev = self.attn.device
-        ids = torch.tensor(
-            [[r.tokens[-1] if not r.done else self.pad_id] for r in self.rows], device=dev
-        )
-        pos = torch.tensor([[r.kv_len] for r in self.rows], device=dev)
-        self.attn = torch.cat([self.attn, torch.ones_like(self.attn[:, :1])], dim=1)
-        Lb = self.attn.shape[1]
-        out = model(
-            input_ids=ids,
-            attention_mask=self.attn,
-            position_ids=pos,
-            past_key_values=self.cache,
-            cache_position=torch.arange(Lb - 1, Lb, device=dev),
-            use_cache=True,
-        )
-        self.cache = out.past_key_values
-        for r in self.rows:
-            if not r.done:
-                r.kv_len += 1
-        return out.logits[:, -1].float()

@@ -1,9 +1,10 @@
 """The HF engine's request bookkeeping: one SampleCall per `sample` call, one Seq per spec.
 
-A Seq's life is one SeqStatus: WAITING (queued) → RUNNING (prefilled, in the decode batch) →
-FINISHED (no more tokens; its KV still in the batch) → RETIRED (its KV handed to the prefix
-cache, or dropped when it was aborted). Whether its caller has been told is the call's
-business (SampleCall.results), not the sequence's.
+A Seq's life is one SeqStatus: WAITING (queued) → RUNNING (in a slot of the running batch) →
+FINISHED (no more tokens; its KV still in its slot, parked there for a few steps when its spec
+is `resident`) → RETIRED (its KV handed to the prefix cache, or dropped when it was aborted or
+its spec asked for no caching). Whether its caller has been told is the call's business
+(SampleCall.results), not the sequence's.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ class Seq:
     top_lps: list[np.ndarray] = field(default_factory=list)
     kv: torch.Tensor | None = None  # prefix KV between prefill and joining a batch
     kv_len: int = 0  # tokens whose KV exists (prefix + forwarded tokens)
+    pending: int = 0  # the token the next decode step feeds (at position kv_len)
+    slot: int | None = None  # its slot in the running batch
+    parked_at: int | None = None  # engine step at which a finished resident row was parked
+    pinned: int = 0  # tokens of spec.retain pinned in the prefix cache while this sequence runs
     cached_prefix: int = 0
     computed_prefix: int = 0
     forward_passes: int = 0
@@ -84,7 +89,12 @@ class Seq:
         """Absolute index of the next token to sample (the RNG offset)."""
         return len(self.spec.prefix) + len(self.tokens)
 
+    @property
+    def sequence(self) -> tuple[int, ...]:
+        return self.spec.prefix + tuple(self.tokens)
+
     def append(self, tok: int, lp: float, lq: float, lw: float) -> None:
+        self.pending = tok
         self.tokens.append(tok)
         self.logp.append(lp)
         self.logq.append(lq)

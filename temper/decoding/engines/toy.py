@@ -118,8 +118,24 @@ class ToyTokenizer:
         return self.encode("".join(m.get("content", "") for m in messages))
 
 
+@dataclass(eq=False)
+class _Call:
+    """One `sample` call in flight: its specs' state, its callback, its future."""
+
+    specs: Sequence[SampleSpec]
+    on_token: TokenCallback | None
+    future: asyncio.Future
+    seqs: list[list[int]]  # prefix + tokens so far, per spec
+    out: list[Sample]
+    live: set[int]
+    cancelled: bool = False
+
+
 class ToyEngine:
-    """Engine protocol over a ToyModel; every call is one batch of vectorised steps."""
+    """Engine protocol over a ToyModel, with continuous batching like a real engine: every
+    step draws one token for every live sequence of every call in flight (one vectorised
+    `tempered_sample`), so concurrent callers (power chains running as their own tasks) share
+    steps. The KV hints (cache, retain, resident) are no-ops: there is no KV."""
 
     def __init__(self, model: ToyModel | None = None, name: str = "toy", max_context: int = 4096):
         self.model = model or ToyModel()
@@ -130,6 +146,11 @@ class ToyEngine:
         self.stats = EngineStats()
         self.calls = 0  # sample() calls, for tests that count engine round trips
         self.weight_version = 0
+        self.steps = 0  # batched decode steps
+        self._calls: list[_Call] = []
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
 
     async def sample(
         self, specs: Sequence[SampleSpec], on_token: TokenCallback | None = None
@@ -137,73 +158,131 @@ class ToyEngine:
         self.calls += 1
         for spec in specs:
             check_fits(self.max_context, spec)
-        B = len(specs)
-        seqs = [list(s.prefix) for s in specs]
-        limit = [min(s.max_new_tokens, self.max_context - len(s.prefix)) for s in specs]
-        stops = [set(self.eos_ids if s.stop_ids is None else s.stop_ids) for s in specs]
-        alpha = torch.tensor([s.alpha for s in specs], dtype=torch.float32)
-        seed = torch.tensor([s.seed if s.seed is not None else secrets.randbits(63) for s in specs])
-        top_k = torch.tensor([s.top_k for s in specs], dtype=torch.int64)
-        top_p = torch.tensor([s.top_p for s in specs], dtype=torch.float32)
-        out = [Sample([], [], [], [], "length") for _ in specs]  # lists until the end
-        live = list(range(B))
-        while live:
-            await asyncio.sleep(0)  # let other tasks (and cancellation) in between steps
-            logits = torch.from_numpy(
-                np.stack([self.model.logprobs(tuple(seqs[i])) for i in live]).astype(np.float32)
-            )
-            idx = torch.tensor(live)
-            offset = torch.tensor([len(seqs[i]) for i in live])
-            r = tempered_sample(logits, alpha[idx], seed[idx], offset, top_k[idx], top_p[idx])
-            self.stats.forward_passes += 1
-            self.stats.forward_tokens += len(live)
-            still = []
-            for j, i in enumerate(live):
-                tok = int(r.token[j])
-                seqs[i].append(tok)
-                o = out[i]
-                o.tokens.append(tok)
-                o.logp.append(float(r.logp[j]))
-                o.logq.append(float(r.logq[j]))
-                o.log_w.append(float(r.log_w[j]))
-                o.forward_passes += 1
-                draw = TokenDraw(tok, o.logp[-1], logq=o.logq[-1])
-                go_on = on_token(i, draw) if on_token is not None else True
-                if tok in stops[i] or not go_on:
-                    o.finish_reason = "stop"
-                elif len(o.tokens) < limit[i]:
-                    still.append(i)
-            live = still
-        self.stats.generated_tokens += sum(len(o.tokens) for o in out)
-        for o, spec in zip(out, specs, strict=True):
-            o.logp, o.logq, o.log_w = (np.asarray(x, dtype=np.float32) for x in (o.logp, o.logq, o.log_w))
-            o.computed_prefix_tokens = len(spec.prefix)
-            if spec.top_logprobs:
-                o.top_ids, o.top_logps = self._top(spec, o.tokens, spec.top_logprobs)
-        return out
+        if not specs:
+            return []
+        self._ensure_worker()
+        call = _Call(
+            specs, on_token, asyncio.get_running_loop().create_future(),
+            [list(s.prefix) for s in specs], [Sample([], [], [], [], "length", [], []) for _ in specs],
+            set(range(len(specs))),
+        )
+        self._calls.append(call)
+        self._wake.set()
+        try:
+            return await call.future
+        except asyncio.CancelledError:
+            call.cancelled = True
+            raise
 
-    def _top(self, spec: SampleSpec, tokens: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The k best alternatives per generated token, raw or under q (spec.logprobs_mode)."""
-        ctx = list(spec.prefix)
-        ids, lps = [], []
-        for t in tokens:
-            lp = self.model.logprobs(tuple(ctx))
-            if spec.logprobs_mode == "processed" and not spec.greedy:
-                lp = self._processed(lp, spec)
-            order = np.argsort(-lp, kind="stable")[:k]
-            ids.append(order)
-            lps.append(lp[order])
-            ctx.append(t)
-        return np.asarray(ids, dtype=np.int64), np.asarray(lps, dtype=np.float32)
+    def _ensure_worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._task is not None and self._loop is loop and not self._task.done():
+            return
+        self._calls = []  # a new event loop: calls of the old one are dead
+        self._loop, self._wake = loop, asyncio.Event()
+        self._task = loop.create_task(self._run(), name=f"toy-engine-{self.name}")
+
+    async def _run(self) -> None:
+        while True:
+            self._calls = [c for c in self._calls if not c.cancelled and not c.future.done()]
+            if not self._calls:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                self._step()
+            except Exception as exc:  # fail the callers, keep serving
+                for c in self._calls:
+                    if not c.future.done():
+                        c.future.set_exception(exc)
+                self._calls = []
+            await asyncio.sleep(0)  # let callers react (and new calls join) between steps
+
+    def _step(self) -> None:
+        """One token for every live sequence of every call in flight."""
+        rows = [(c, i) for c in self._calls for i in sorted(c.live)]
+        specs = [c.specs[i] for c, i in rows]
+        logits = torch.from_numpy(
+            np.stack([self.model.logprobs(tuple(c.seqs[i])) for c, i in rows]).astype(np.float32)
+        )
+        seed = [s.seed if s.seed is not None else secrets.randbits(63) for s in specs]
+        r = tempered_sample(
+            logits,
+            torch.tensor([s.alpha for s in specs], dtype=torch.float32),
+            torch.tensor(seed),
+            torch.tensor([len(c.seqs[i]) for c, i in rows]),
+            torch.tensor([s.top_k for s in specs], dtype=torch.int64),
+            torch.tensor([s.top_p for s in specs], dtype=torch.float32),
+        )
+        self.steps += 1
+        self.stats.forward_passes += 1
+        self.stats.forward_tokens += len(rows)
+        self.stats.generated_tokens += len(rows)
+        tok, lp, lq, lw = (t.tolist() for t in (r.token, r.logp, r.logq, r.log_w))
+        for j, (c, i) in enumerate(rows):
+            self._append(c, i, tok[j], lp[j], lq[j], lw[j], logits[j].numpy())
+        for c in {id(c): c for c, _ in rows}.values():
+            if not c.live and not c.future.done():
+                c.future.set_result(self._finish(c))
+
+    def _append(self, c: _Call, i: int, tok: int, lp: float, lq: float, lw: float, logits: np.ndarray) -> None:
+        spec, o = c.specs[i], c.out[i]
+        c.seqs[i].append(tok)
+        o.tokens.append(tok)
+        o.logp.append(lp)
+        o.logq.append(lq)
+        o.log_w.append(lw)
+        o.forward_passes += 1
+        top = self._top(self._alternatives(logits, spec), spec.top_logprobs) if spec.top_logprobs else (None, None)
+        if spec.top_logprobs:
+            o.top_ids.append(top[0])
+            o.top_logps.append(top[1])
+        go_on = True
+        if c.on_token is not None and not c.cancelled:
+            try:
+                go_on = c.on_token(i, TokenDraw(tok, lp, top[0], top[1], log_w=lw, logq=lq))
+            except Exception as exc:
+                c.cancelled = True
+                if not c.future.done():
+                    c.future.set_exception(exc)
+                return
+        stops = self.eos_ids if spec.stop_ids is None else spec.stop_ids
+        limit = min(spec.max_new_tokens, self.max_context - len(spec.prefix))
+        if tok in stops or not go_on:
+            o.finish_reason = "stop"
+            c.live.discard(i)
+        elif len(o.tokens) >= limit:
+            c.live.discard(i)
 
     @staticmethod
-    def _processed(lp: np.ndarray, spec: SampleSpec) -> np.ndarray:
-        """log q(· | context): α·log p over the spec's kept set (the engines' shared rule)."""
-        scaled = torch.from_numpy(spec.alpha * lp).float()[None]
+    def _alternatives(logits: np.ndarray, spec: SampleSpec) -> np.ndarray:
+        """Log-probs [V] the alternatives are reported in: raw, or under q (spec.logprobs_mode):
+        α·log p over the spec's kept set (the engines' shared rule)."""
+        if spec.logprobs_mode == "raw" or spec.greedy:
+            return logits
+        scaled = torch.from_numpy(spec.alpha * logits.astype(np.float64)).float()[None]
         keep = kept_mask(scaled, torch.tensor([spec.top_k]), torch.tensor([spec.top_p]))
         if keep is not None:
             scaled = torch.where(keep, scaled, torch.full_like(scaled, -torch.inf))
         return torch.log_softmax(scaled.double(), dim=-1)[0].numpy()
+
+    @staticmethod
+    def _top(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(-logits, kind="stable")[:k]
+        return order.astype(np.int64), logits[order].astype(np.float32)
+
+    @staticmethod
+    def _finish(c: _Call) -> list[Sample]:
+        for o, spec in zip(c.out, c.specs, strict=True):
+            o.logp, o.logq, o.log_w = (np.asarray(x, dtype=np.float32) for x in (o.logp, o.logq, o.log_w))
+            o.computed_prefix_tokens = len(spec.prefix)
+            if spec.top_logprobs:
+                k = spec.top_logprobs
+                o.top_ids = np.asarray(o.top_ids, dtype=np.int64).reshape(-1, k)
+                o.top_logps = np.asarray(o.top_logps, dtype=np.float32).reshape(-1, k)
+            else:
+                o.top_ids = o.top_logps = None
+        return c.out
 
     async def score(
         self,
@@ -239,4 +318,5 @@ class ToyEngine:
         return True  # nothing is cached
 
     async def close(self) -> None:
-        return None
+        if self._task is not None and not self._task.done():
+            self._task.cancel()

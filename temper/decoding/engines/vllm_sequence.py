@@ -8,6 +8,7 @@ the sequence at that token, reason "stop"), takes the scoring pass's numbers whe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,7 +51,9 @@ class SeqState:
             self.logp.append(lp[j])
             self.logq.append(lq[j])
             self.log_w.append(lw[j])
-            if on_token is not None and not on_token(index, TokenDraw(tok, lp[j], logq=lq[j])):
+            # log_w is known now on Tier 2 (NaN until the scoring pass on Tier 1: not streamed)
+            draw = TokenDraw(tok, lp[j], log_w=None if math.isnan(lw[j]) else lw[j], logq=lq[j])
+            if on_token is not None and not on_token(index, draw):
                 self.cut, self.reason = True, "stop"
                 return True
         if o.finish_reason is not None:  # "stop" (a stop id, kept as the last token), "length", "abort"
@@ -73,7 +76,8 @@ class SeqState:
         """Deferred callbacks, token by token, with the same stop semantics."""
         for j, tok in enumerate(self.tokens):
             top = (self.top.top_ids[j], self.top.top_logps[j]) if self.top is not None else (None, None)
-            if not on_token(index, TokenDraw(tok, float(self.logp[j]), *top, logq=float(self.logq[j]))):
+            draw = TokenDraw(tok, float(self.logp[j]), *top, log_w=float(self.log_w[j]), logq=float(self.logq[j]))
+            if not on_token(index, draw):
                 n = j + 1
                 self.tokens, self.logp, self.logq, self.log_w = (
                     self.tokens[:n], self.logp[:n], self.logq[:n], self.log_w[:n])

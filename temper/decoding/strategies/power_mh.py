@@ -1,27 +1,30 @@
-"""Blockwise Metropolis-Hastings for power sampling, exact version (research/power_sampling.md §9.1).
+"""Blockwise Metropolis-Hastings / i-SIR for power sampling, exact (research/power_sampling.md §9.1,
+/work/notes/lookahead.md §2.4, §3).
 
 What this is: n independent chains targeting π ∝ p^α over responses of at most `max_tokens`
-tokens, run batched: every extension and every MH step of all n chains and their M proposals is
-ONE engine.sample call, so chains share forward passes and the engine's prefix cache serves
-each proposal's prefix (nothing here recomputes or even sees KV).
+tokens. Each chain is its own asyncio task making its own engine calls; the engine's
+continuous batching lets chains share forward passes, and no chain waits for another's
+longest proposal.
 
-The fixes over the Karan & Du reference (§3.4–3.6), and why they make the chain exact:
-  * Fixed logical length. Block k's intermediate target π_k lives on states of length t_k = k·B
-    (capped at max_tokens). A response that emitted EOS is padded to t_k with an absorbing PAD
-    whose p = q = 1, i.e. log_w = 0; so a short proposal is compared with the *whole* current
-    suffix, and short and long states are points of one fixed-length space (the reference
-    compares against a truncated current suffix and lets the length shrink: biased).
-  * Cut uniform over all t_k positions, earlier blocks included. Both states of a move have the
-    same length, so the cut probabilities 1/t_k cancel. A cut in the padding of the current
-    state is an identity move (valid: the cut-i move is then a π-invariant kernel on the states
-    sharing x[:i], and the identity on the rest).
-  * Suffix resampled from q ∝ p^α up to t_k or EOS; log r = Σ log_w(proposed suffix) −
-    Σ log_w(current suffix), padding counting 0.
-  * M > 1 proposals at one cut: the next state is drawn among current + M ∝ exp(Σ log_w)
-    (i-SIR); M = 1 is plain MH. The decision is `triton_kernels.mh_accept` (the rule of
-    `power_math.choose_next`; its twin is tested against it).
-  * A finished chain keeps making its MH steps in later blocks unless `early_stop`: stopping it
-    would freeze a π_k sample while the other chains move on to π_K, which is not π_K.
+Block k's intermediate target π_k lives on responses that end in a stop (a stop token or a
+stop string: absorbing) within t_k = k·B tokens, and on unfinished responses of exactly t_k
+tokens. One move of a chain in state x (real length ℓ(x), stop included):
+  * cut i uniform over [0, ℓ(x)) — over the response's real length, so a finished 300-token
+    answer in a 3,072-token block moves at every step;
+  * M suffixes from x[:i] up to t_k (or a stop), drawn from the proposal: tempered q, or the
+    look-ahead r (power_lookahead.py) whose per-token log_w = α·log p − log r were stored
+    with every token, the current state's included (so the reverse move costs nothing);
+  * M = 1: accept iff log u < Σ log_w(y_i:) − Σ log_w(x_i:) + log ℓ(x) − log ℓ(y)
+    (power_math.mh_log_accept: the last two terms are the Hastings factor of the
+    length-dependent cut); M > 1: i-SIR, the next state drawn ∝ exp(Σ log_w − log ℓ) among
+    current + proposals, by Gumbel-max.
+Early rejection (tempered proposals, α ≥ 1): u (and the Gumbel noise) are drawn before the
+proposal is decoded and the engine streams each token's log_w; a proposal whose best possible
+outcome can no longer win is stopped at once (power_math.mh_reject_bound). The decision is
+the one full decoding would make, with fewer tokens.
+
+A finished chain keeps making its moves in later blocks unless `early_stop` (biased: it
+freezes a π_k sample while the target grows to π_K).
 
 What this is not: the parameters (power_params.py), the completions (power.py) or the math
 (power_math).
@@ -29,170 +32,172 @@ What this is not: the parameters (power_params.py), the completions (power.py) o
 
 from __future__ import annotations
 
+import asyncio
+import math
 from typing import Any
 
 import numpy as np
-import torch
 
 from temper.decoding.counting_engine import CountingEngine
-from temper.decoding.engine import Sample, SampleSpec
-from temper.decoding.power_math import block_lengths
-from temper.decoding.strategies.base import DecodeRequest, request_rng, spec_seeds
+from temper.decoding.engine import TokenDraw
+from temper.decoding.power_math import block_lengths, gumbel, isir_scores, mh_log_accept, mh_reject_bound
+from temper.decoding.strategies.base import DecodeRequest, request_rng
+from temper.decoding.strategies.power_decode import Job, Piece, SuffixDecoder, seed_stream
+from temper.decoding.strategies.power_lookahead import Lookahead, Track
 from temper.decoding.strategies.power_params import PowerParams
-from temper.triton_kernels.mh_accept import mh_accept
 
-# Seed-path tags: engine seeds are derive_seed(seed, tag, block, step); the strategy's own
-# cuts and uniforms come from request_rng(seed, RNG_TAG). Distinct tags = independent streams.
+# Seed-path tags: engine seeds are seed_stream(seed, tag)(chain, block, step, ...); a chain's own
+# cuts and uniforms come from request_rng(seed, RNG_TAG, chain). Distinct tags = independent streams.
 EXTEND_TAG, STEP_TAG, RNG_TAG = 11, 12, 13
-
-
-class Chains:
-    """n chains as fixed-width arrays over response positions [0, T): tokens, raw logp and log_w
-    per position, true length (positions ≥ length are padding: log_w there is 0), done = the
-    state holds a stop token (its last real token)."""
-
-    def __init__(self, n: int, T: int):
-        self.tok = np.zeros((n, T), dtype=np.int64)
-        self.logp = np.zeros((n, T), dtype=np.float32)
-        self.log_w = np.zeros((n, T), dtype=np.float32)
-        self.length = np.zeros(n, dtype=np.int64)
-        self.done = np.zeros(n, dtype=bool)
-
-    def prefix(self, prompt: tuple[int, ...], b: int, cut: int) -> tuple[int, ...]:
-        return prompt + tuple(self.tok[b, :cut].tolist())
-
-    def write(self, rows: np.ndarray, starts: np.ndarray, samples: list[Sample], stop: frozenset[int]) -> None:
-        """Chain rows[i] := its first starts[i] tokens + samples[i]; everything after is padding.
-        rows are distinct. Vectorised over rows: exactness tests move 10⁴ chains a step."""
-        if len(rows) == 0:
-            return
-        starts = np.asarray(starts, dtype=np.int64)
-        seg, pos = scatter_index(starts, [len(smp.tokens) for smp in samples])
-        keep = np.arange(self.tok.shape[1])[None, :] < starts[:, None]  # [R, T] the kept prefix
-        for arr in (self.tok, self.logp, self.log_w):  # absorbing padding: log Z = 0 after
-            arr[rows] = np.where(keep, arr[rows], 0)
-        r = np.asarray(rows)[seg]
-        self.tok[r, pos] = np.concatenate([np.asarray(smp.tokens, dtype=np.int64) for smp in samples])
-        self.logp[r, pos] = np.concatenate([smp.logp for smp in samples])
-        self.log_w[r, pos] = np.concatenate([smp.log_w for smp in samples])
-        self.length[rows] = starts + np.array([len(smp.tokens) for smp in samples], dtype=np.int64)
-        self.done[rows] = [bool(smp.tokens) and smp.tokens[-1] in stop for smp in samples]
-
-
-def scatter_index(starts, lens) -> tuple[np.ndarray, np.ndarray]:
-    """For segments i of lens[i] values placed at positions starts[i]...: the segment id and
-    the position of every value of the concatenation, both [Σ lens] int64."""
-    lens = np.asarray(lens, dtype=np.int64)
-    seg = np.repeat(np.arange(len(lens)), lens)
-    first = np.cumsum(lens) - lens  # offset of each segment in the concatenation
-    pos = np.asarray(starts, dtype=np.int64)[seg] + np.arange(int(lens.sum())) - first[seg]
-    return seg, pos
+LOGW_SLACK = 1e-6  # per remaining token: the engine's fp32 log_w can exceed 0 by rounding
 
 
 class MHRun:
-    """One request's n chains and what moving them needs (engine, seeds, RNG, counters)."""
+    """What every chain of one request shares: the decoder, the look-ahead (or None), knobs."""
 
-    def __init__(self, req: DecodeRequest, p: PowerParams, n: int, max_tokens: int, seed: int | None,
-                 calls: CountingEngine):
-        self.prompt = tuple(req.prompt)
-        stop_ids = req.stop_ids()
-        self.stop = frozenset(stop_ids)
-        s = req.settings
-        self.spec_kw = dict(alpha=p.alpha, top_k=s.top_k_or_off, top_p=s.top_p, stop_ids=stop_ids)
-        self.p, self.n, self.seed, self.calls = p, n, seed, calls
-        self.ch = Chains(n, max_tokens)
-        self.frozen = np.zeros(n, dtype=bool)  # early_stop: chains that ended at a block boundary
-        self.rng = request_rng(seed, RNG_TAG)
-        self.accepted = np.zeros(n, dtype=np.int64)  # accepted moves per chain (proposal chosen)
-        self.attempted = np.zeros(n, dtype=np.int64)  # real (non-identity) moves per chain
+    def __init__(self, req: DecodeRequest, p: PowerParams, max_tokens: int, seed: int | None,
+                 calls: CountingEngine, la: Lookahead | None):
+        self.p, self.seed, self.T, self.la = p, seed, max_tokens, la
+        self.dec = SuffixDecoder(req, p.alpha, calls)
+        self.early_rejection = p.early_rejection and la is None
+        self.extend_seed, self.step_seed = seed_stream(seed, EXTEND_TAG), seed_stream(seed, STEP_TAG)
+
+
+class MHChain:
+    """One chain: its state (a Track), its RNG and its counters."""
+
+    def __init__(self, run: MHRun, b: int, state: Track | None = None):
+        self.run, self.b = run, b
+        self.x = state if state is not None else Track()
+        self.rng = request_rng(run.seed, RNG_TAG, b)
+        self.frozen = False
+        self.accepted: dict[int, int] = {}  # per block
+        self.moves: dict[int, int] = {}
+        self.abandoned = 0
+        self.blocks = 0  # blocks this chain took part in
 
     async def extend(self, k: int, t: int) -> None:
-        """A live chain has length exactly t_{k-1}; grow it to t_k (or EOS) from q. This only
-        proposes a π_k start; the MH steps correct it towards π_k."""
-        ch = self.ch
-        grow = np.nonzero(~ch.done & ~self.frozen & (ch.length < t))[0]
-        seeds = spec_seeds(self.seed, len(grow), EXTEND_TAG, k)
-        specs = [
-            SampleSpec(prefix=ch.prefix(self.prompt, b, int(ch.length[b])), max_new_tokens=int(t - ch.length[b]),
-                       seed=sd, **self.spec_kw)
-            for b, sd in zip(grow, seeds, strict=True)
-        ]
-        ch.write(grow, ch.length[grow], await self.calls.sample(specs), self.stop)
-
-    async def step(self, k: int, t: int, step: int) -> None:
-        """One MH (M = 1) or i-SIR (M > 1) move of every chain at a cut uniform over [0, t)."""
-        ch, M = self.ch, self.p.proposals
-        # Drawn for all n chains every step, so a seeded run's draws do not depend on which
-        # chains happen to be active.
-        cut = self.rng.integers(0, t, size=self.n)
-        u = 1.0 - self.rng.random(self.n)  # (0, 1]: log u is finite
-        act = np.nonzero((cut < ch.length) & ~self.frozen)[0]  # cut in padding: identity move
-        if act.size == 0:
+        """Grow an unfinished state (length t_{k-1}) to t_k or a stop: a π_k start that the
+        moves then correct."""
+        x, run = self.x, self.run
+        if x.done or self.frozen or len(x.resp) >= t:
             return
-        A = act.size
-        seeds = spec_seeds(self.seed, A * M, STEP_TAG, k, step)
-        specs = [
-            SampleSpec(prefix=ch.prefix(self.prompt, b, int(cut[b])), max_new_tokens=int(t - cut[b]),
-                       seed=seeds[a * M + m], **self.spec_kw)
-            for a, b in enumerate(act)
-            for m in range(M)
-        ]
-        samples = await self.calls.sample(specs)  # sample j = chain act[j // M], proposal j % M
-        # Proposals laid out at absolute positions like the current state: [A, M, t], the
-        # cut's prefix positions left 0 (the suffix sums start at the cut).
-        lens = np.array([len(smp.tokens) for smp in samples], dtype=np.int64)  # [A·M]
-        starts = np.repeat(cut[act], M)  # [A·M]
-        seg, pos = scatter_index(starts, lens)
-        prop_w = np.zeros((A * M, t), dtype=np.float32)
-        prop_w[seg, pos] = np.concatenate([smp.log_w for smp in samples])
-        # The dispatcher runs the Triton kernel for CUDA tensors; these are host arrays, so
-        # the torch twin decides here (same rule as power_math.choose_next, tested equal).
-        res = mh_accept(
-            torch.from_numpy(np.ascontiguousarray(ch.log_w[act, :t])),
-            torch.from_numpy(ch.length[act]),
-            torch.from_numpy(cut[act]),
-            torch.from_numpy(prop_w.reshape(A, M, t)),
-            torch.from_numpy((starts + lens).reshape(A, M)),
-            torch.from_numpy(u[act].astype(np.float32)),
-        )
-        choice = res.choice.cpu().numpy()  # [A] in 0..M, 0 = keep current
-        moved = np.nonzero(choice)[0]
-        ch.write(act[moved], cut[act[moved]], [samples[a * M + choice[a] - 1] for a in moved], self.stop)
-        self.accepted[act] += choice > 0
-        self.attempted[act] += 1
+        seed = run.extend_seed(self.b, k)
+        if run.la is not None:
+            await run.la.grow([x], [t], [seed], [self.rng])
+            return
+        pc = (await run.dec.decode([Job(tuple(x.resp), t - len(x.resp), seed)]))[0]
+        x.extend(pc.tokens, pc.logp, pc.log_w)
+        x.finish(pc.end == "stop" or len(x.resp) >= run.T)
 
-    def rate(self, b: int | None = None) -> float | None:
-        att = int(self.attempted.sum() if b is None else self.attempted[b])
-        acc = int(self.accepted.sum() if b is None else self.accepted[b])
-        return acc / att if att else None
+    async def step(self, k: int, t: int, s: int) -> None:
+        """One MH (M = 1) or i-SIR (M > 1) move."""
+        run, x, M = self.run, self.x, self.run.p.proposals
+        # Drawn every step whatever happens, so a seeded chain's stream never depends on outcomes.
+        v, log_u = self.rng.random(), math.log(1.0 - self.rng.random())
+        g = [float(x) for x in gumbel(1.0 - self.rng.random(M + 1))]
+        if self.frozen:
+            return
+        L = len(x.resp)
+        i = min(int(v * L), L - 1)
+        cur = math.fsum(x.log_w[i:])
+        seeds = [run.step_seed(self.b, k, s, m) for m in range(M)]
+        if run.la is not None:
+            props = [x.cut(i) for _ in range(M)]
+            await run.la.grow(props, [t] * M, seeds, [self.rng] * M, first=[x.rec[i]] * M)
+            sums = [math.fsum(y.log_w[i:]) for y in props]
+        else:
+            pieces = await self.propose(i, t, cur, log_u, g, seeds)
+            props = [self.tempered(i, pc) for pc in pieces]
+            sums = [None if pc.end == "abandon" else math.fsum(pc.log_w.tolist()) for pc in pieces]
+        nxt = self.decide(cur, L, sums, [len(y.resp) if y is not None else 0 for y in props], log_u, g)
+        self.moves[k] = self.moves.get(k, 0) + 1
+        if nxt > 0:
+            self.x = props[nxt - 1]
+            self.accepted[k] = self.accepted.get(k, 0) + 1
+
+    def tempered(self, i: int, pc: Piece) -> Track | None:
+        if pc.end == "abandon":
+            self.abandoned += 1
+            return None
+        y = self.x.cut(i)
+        y.extend(pc.tokens, pc.logp, pc.log_w)
+        y.finish(pc.end == "stop" or len(y.resp) >= self.run.T)
+        return y
+
+    @staticmethod
+    def decide(cur: float, L: int, sums: list[float | None], lens: list[int], log_u: float, g: list[float]) -> int:
+        """0 = keep the current state, m = proposal m (1-based). Abandoned proposals (None) lose."""
+        if len(sums) == 1:
+            return int(sums[0] is not None and log_u < float(mh_log_accept(cur, L, sums[0], lens[0])))
+        scores = [float(isir_scores(cur, L)) + g[0]]
+        scores += [-math.inf if sm is None else float(isir_scores(sm, n)) + g[m + 1]
+                   for m, (sm, n) in enumerate(zip(sums, lens, strict=True))]
+        return max(range(len(scores)), key=scores.__getitem__)
+
+    async def propose(self, i: int, t: int, cur: float, log_u: float, g: list[float],
+                      seeds: list[int | None]) -> list[Piece]:
+        """M tempered suffixes from x[:i], each stopped as soon as it can no longer win."""
+        run, x, M, L = self.run, self.x, len(seeds), len(self.x.resp)
+        jobs = [Job(tuple(x.resp[:i]), t - i, sd, retain=tuple(x.resp)) for sd in seeds]
+        total = [0.0] * M
+        best = [float(isir_scores(cur, L)) + g[0]]  # i-SIR: the best known final score
+
+        def hook(m: int, n: int, draw: TokenDraw, finished: bool) -> str | None:
+            if draw.log_w is None or not run.early_rejection:
+                return None
+            total[m] += draw.log_w
+            if finished:
+                best[0] = max(best[0], float(isir_scores(total[m], i + n)) + g[m + 1])
+                return None
+            slack = LOGW_SLACK * (t - i - n)
+            if M == 1:
+                return "abandon" if float(mh_reject_bound(total[m], cur, L, i, n, slack)) <= log_u else None
+            # the best score this proposal can still reach, against the best one already known
+            return "abandon" if float(isir_scores(total[m], i + n + 1)) + slack + g[m + 1] <= best[0] else None
+
+        return await run.dec.decode(jobs, hook)
+
+    async def run_blocks(self, blocks: list[int]) -> None:
+        p = self.run.p
+        for k, t in enumerate(blocks):
+            self.blocks = k + 1
+            await self.extend(k, t)
+            for s in range(p.mcmc_steps):
+                await self.step(k, t, s)
+            if p.early_stop and self.x.done:
+                self.frozen = True
+                break
 
 
 async def run_mh(
-    req: DecodeRequest, p: PowerParams, *, n: int, max_tokens: int, seed: int | None, calls: CountingEngine
+    req: DecodeRequest, p: PowerParams, *, n: int, max_tokens: int, seed: int | None, calls: CountingEngine,
+    la: Lookahead | None = None,
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[dict[str, Any]], dict[str, Any]]:
-    """Run n chains; returns ([(tokens, logp)] per chain, per-chain metadata, run metadata)."""
-    run = MHRun(req, p, n, max_tokens, seed, calls)
-    per_block: list[float | None] = []
-    for k, t in enumerate(block_lengths(max_tokens, p.block_size)):
-        await run.extend(k, t)
-        acc0, att0 = int(run.accepted.sum()), int(run.attempted.sum())
-        for step in range(p.mcmc_steps):
-            await run.step(k, t, step)
-        att = int(run.attempted.sum()) - att0
-        per_block.append((int(run.accepted.sum()) - acc0) / att if att else None)
-        if p.early_stop:
-            run.frozen |= run.ch.done
-            if run.frozen.all():
-                break
-    ch = run.ch
-    outputs = [(ch.tok[b, : ch.length[b]].copy(), ch.logp[b, : ch.length[b]].copy()) for b in range(n)]
-    chain_meta = [{"acceptance_rate": run.rate(b), "moves": int(run.attempted[b])} for b in range(n)]
+    """Run n chains as concurrent tasks; returns ([(tokens, logp)] per chain, per-chain
+    metadata, run metadata)."""
+    run = MHRun(req, p, max_tokens, seed, calls, la)
+    blocks = block_lengths(max_tokens, p.block_size)
+    chains = [MHChain(run, b) for b in range(n)]
+    await asyncio.gather(*(c.run_blocks(blocks) for c in chains))
+    outputs = [(np.asarray(c.x.resp, np.int64), np.asarray(c.x.logp, np.float32)) for c in chains]
+    chain_meta = [{"acceptance_rate": rate(c.accepted.values(), c.moves.values()), "moves": sum(c.moves.values())}
+                  for c in chains]
+    per_block = [rate([c.accepted.get(k, 0) for c in chains], [c.moves.get(k, 0) for c in chains])
+                 for k in range(max(c.blocks for c in chains))]
     meta = {
         "block_size": p.block_size,
         "mcmc_steps": p.mcmc_steps,
         "proposals": p.proposals,
+        "early_rejection": run.early_rejection,
         "blocks": len(per_block),
         "acceptance_rate_per_block": per_block,
-        "acceptance_rate": run.rate(),
+        "acceptance_rate": rate([sum(c.accepted.values()) for c in chains], [sum(c.moves.values()) for c in chains]),
+        "abandoned_proposals": sum(c.abandoned for c in chains),
     }
     return outputs, chain_meta, meta
+
+
+def rate(acc, att) -> float | None:
+    a, m = sum(acc), sum(att)
+    return a / m if m else None

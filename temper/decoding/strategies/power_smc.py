@@ -1,29 +1,31 @@
-"""Power-SMC: sequential Monte Carlo for p(x)^α (Azizi et al., arXiv 2602.10273; research §8, §9.2).
+"""Power-SMC: sequential Monte Carlo for p(x)^α (Azizi et al., arXiv 2602.10273; research §8, §9.2),
+with tempered or look-ahead proposals (/work/notes/lookahead.md §2.3).
 
-What this is: n independent particle systems of N particles each, all decoded together: one
-engine.sample call per interval between checkpoints advances every live particle of every
-system. Per token a particle's log weight grows by log_w = α_t·log p − log q (= log Z_t for the
-tempered proposal at temperature 1/α_t, §2.3), so Σ log_w = log p(x)^α − log q(x) and the
-weighted particles target p^α. Every `resample_every` tokens the ESS of each system is checked
-and a system whose ESS < ess_threshold·N is resampled systematically (triton_kernels
-.smc_resample, whose twin is tested against power_math). The output of a system is one particle
-drawn ∝ its final weight.
+What this is: n independent particle systems of N particles each, decoded together: every
+interval between checkpoints advances every live particle of every system (one engine call
+for tempered proposals; a few, with rollouts between, for look-ahead ones). A particle's log
+weight grows per token by α_t·log p − log r (= log Z_t for the tempered proposal), so the
+final weights target p^α. Every `resample_every` tokens each system's ESS is checked and a
+system with ESS < ess_threshold·N is resampled systematically (triton_kernels.smc_resample,
+tested against power_math). A system returns one particle drawn ∝ its final weight; its
+log evidence log Ẑ (the log mean final weight, carried through resampling) estimates
+log Σ p^α without bias in Ẑ, for any N.
 
 Semantics that keep the target exact:
-  * EOS is absorbing: a finished particle takes no more tokens and its weight stops growing
-    (p = q = 1 after EOS), but it stays in the population, is resampled like any other, and
-    competes in the final draw. Live particles all have the same length (they are sampled to
-    the next checkpoint or EOS), so intervals stay in lockstep.
-  * α ramp (ramp_tokens > 0): interval i proposes at exponent α_i rising 1 → α; the
-    intermediate target is p(history)^α_i, so when α changes every particle — finished ones
-    too — gets (α_new − α_old)·log p(history) added (power_math.ramp_reweight); a run that ends
-    inside the ramp gets the last step to α, so the final target is p^α whatever happened.
-    One engine call samples one exponent, so the ramp is a staircase of RAMP_STAGES steps.
-  * Resampled copies get distinct engine seeds (the engine's RNG is counter-based on seed and
-    position: equal seeds from an equal prefix would decode identical futures).
+  * Stops are absorbing: a particle that drew a stop token or completed a stop string takes no
+    more tokens and its weight stops growing, but it stays in the population, is resampled
+    like any other and competes in the final draw. Live particles all have the same length.
+  * α ramp (tempered only): interval i proposes at α_i rising 1 → α; the intermediate target
+    is p(history)^α_i, so when α changes every particle gets (α_new − α_old)·log p(history)
+    (power_math.ramp_reweight); the final target is p^α whatever happened.
+  * Look-ahead proposals twist the intermediate targets: γ_t = p^α(x_≤t)·ψ_t with ψ_t the ζ̂
+    of the particle's last gated token (1 once terminal), so a particle sent into a branch
+    that only the look-ahead saw is not killed at the next resampling for being unlikely so
+    far. ψ ends at 1, so the final weights are unchanged; only resampling decisions improve.
+  * Resampled copies get distinct engine seeds; particles are marked `resident`, so an engine
+    that can keeps their KV in place between checkpoints and copies only resampled ancestors.
 
-What this is not: a fully adapted filter (resampling before drawing x_t, possible because log_w_t
-depends on the prefix only) or a KV manager; prefix reuse after resampling is the engine's.
+What this is not: a fully adapted filter or a KV manager.
 """
 
 from __future__ import annotations
@@ -34,16 +36,10 @@ import numpy as np
 import torch
 
 from temper.decoding.counting_engine import CountingEngine
-from temper.decoding.engine import SampleSpec
-from temper.decoding.power_math import (
-    categorical,
-    ess,
-    logmeanexp,
-    ramp_alpha,
-    ramp_reweight,
-    segment_sums,
-)
+from temper.decoding.power_math import categorical, ess, logmeanexp, ramp_alpha, ramp_reweight, segment_sums
 from temper.decoding.strategies.base import DecodeRequest, request_rng, spec_seeds
+from temper.decoding.strategies.power_decode import Job, SuffixDecoder
+from temper.decoding.strategies.power_lookahead import Lookahead, Track
 from temper.decoding.strategies.power_params import PowerParams
 from temper.triton_kernels.smc_resample import smc_resample
 
@@ -64,27 +60,27 @@ def checkpoints(max_tokens: int, resample_every: int, ramp_tokens: int) -> list[
 
 
 class Particles:
-    """n systems of N particles as flat slots (particle j of system r is slot r·N + j): token
-    tuples and per-interval raw log p arrays (immutable, so resampled copies share them), log
-    weights, log p(history) for the ramp re-weighting, and the absorbing-EOS flags."""
+    """n systems of N particles as flat slots (particle j of system r is slot r·N + j): a Track
+    each, log weights, log p(history) for the ramp re-weighting, resample counts."""
 
     def __init__(self, n: int, N: int):
-        P = n * N
         self.n, self.N = n, N
-        self.tokens: list[tuple[int, ...]] = [()] * P
-        self.logps: list[tuple[np.ndarray, ...]] = [()] * P  # concatenated at the end
-        self.W = np.zeros(P, dtype=np.float64)  # log weight
-        self.cum_logp = np.zeros(P, dtype=np.float64)
-        self.done = np.zeros(P, dtype=bool)
+        self.tracks = [Track() for _ in range(n * N)]
+        self.W = np.zeros(n * N, dtype=np.float64)  # log weight
+        self.cum_logp = np.zeros(n * N, dtype=np.float64)
         self.resamples = np.zeros(n, dtype=np.int64)
 
-    def advance(self, live: np.ndarray, samples: list, stop: frozenset[int]) -> None:
-        for j, smp in zip(live, samples, strict=True):
-            self.tokens[j] = self.tokens[j] + tuple(smp.tokens)
-            self.logps[j] = self.logps[j] + (smp.logp,)
-        self.W[live] += segment_sums([smp.log_w for smp in samples])
-        self.cum_logp[live] += segment_sums([smp.logp for smp in samples])
-        self.done[live] = [smp.tokens[-1] in stop for smp in samples]
+    def live(self) -> np.ndarray:
+        return np.array([j for j, t in enumerate(self.tracks) if not t.done], dtype=np.int64)
+
+    def add(self, live: np.ndarray, start: list[int], old_psi: list[float]) -> None:
+        """Weights after the live particles grew from `start` tokens: Σ of the new tokens'
+        log_w, plus the twist's change (0 for tempered proposals)."""
+        new_w = segment_sums([np.asarray(self.tracks[j].log_w[s:]) for j, s in zip(live, start, strict=True)])
+        new_p = segment_sums([np.asarray(self.tracks[j].logp[s:]) for j, s in zip(live, start, strict=True)])
+        psi = np.array([self.tracks[j].log_psi for j in live]) - np.asarray(old_psi)
+        self.W[live] += new_w + psi
+        self.cum_logp[live] += new_p
 
     def resample(self, u: np.ndarray, threshold: float) -> list[float]:
         """Systematic resampling of every system whose ESS < threshold·N; returns each
@@ -100,67 +96,86 @@ class Particles:
         for r in np.nonzero(sys_ess < threshold * N)[0]:
             src = r * N + ancestors[r]  # [N] slots of the ancestors
             dst = r * N + np.arange(N)
-            tokens_r = [self.tokens[j] for j in src]
-            logps_r = [self.logps[j] for j in src]
-            for d, t_, l_ in zip(dst, tokens_r, logps_r, strict=True):
-                self.tokens[d], self.logps[d] = t_, l_
+            kept = [self.tracks[j] for j in src]
+            for d, tr in zip(dst, kept, strict=True):  # a copy each: tracks grow in place
+                self.tracks[d] = tr.cut(len(tr.resp))
+                self.tracks[d].done, self.tracks[d].log_psi = tr.done, tr.log_psi
             self.cum_logp[dst] = self.cum_logp[src]
-            self.done[dst] = self.done[src]
-            # Equal weights after resampling; their common level keeps the evidence estimate
-            # (log mean weight), which only matters for diagnostics.
+            # Equal weights after resampling, at the system's log mean weight: the level keeps
+            # the evidence estimate Ẑ = mean exp(W) unbiased through resampling.
             self.W[dst] = logmeanexp(Wr[r])
             self.resamples[r] += 1
         return sys_ess.tolist()
 
-    def output(self, r: int, j: int) -> tuple[np.ndarray, np.ndarray]:
-        slot = r * self.N + j
-        lp = np.concatenate(self.logps[slot]) if self.logps[slot] else np.zeros(0, np.float32)
-        return np.asarray(self.tokens[slot], dtype=np.int64), lp.astype(np.float32)
+    def log_evidence(self) -> np.ndarray:
+        """log Ẑ per system: the log mean final weight (unbiased Ẑ for Σ p^α over the kept set)."""
+        return logmeanexp(self.W.reshape(self.n, self.N), axis=1)
 
 
-async def run_smc(
-    req: DecodeRequest, p: PowerParams, *, n: int, max_tokens: int, seed: int | None, calls: CountingEngine
-) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[dict[str, Any]], dict[str, Any]]:
-    """Run n particle systems; returns ([(tokens, logp)] per system, per-system metadata,
-    run metadata)."""
-    prompt = tuple(req.prompt)
-    stop_ids = req.stop_ids()
-    stop = frozenset(stop_ids)
-    s = req.settings
-    spec_kw = dict(top_k=s.top_k_or_off, top_p=s.top_p, stop_ids=stop_ids)
+async def advance(ps: Particles, live: np.ndarray, end: int, alpha: float, seeds: list, dec: SuffixDecoder,
+                  la: Lookahead | None, rng: np.random.Generator, T: int) -> None:
+    """Grow every live particle to `end` tokens or a stop, and weight it."""
+    tracks = [ps.tracks[j] for j in live]
+    start, old_psi = [len(t.resp) for t in tracks], [t.log_psi for t in tracks]
+    if la is not None:
+        await la.grow(tracks, [end] * len(tracks), seeds, [rng] * len(tracks), resident=True)
+    else:
+        jobs = [Job(tuple(t.resp), end - len(t.resp), sd, alpha=alpha, resident=True)
+                for t, sd in zip(tracks, seeds, strict=True)]
+        for t, pc in zip(tracks, await dec.decode(jobs), strict=True):
+            t.extend(pc.tokens, pc.logp, pc.log_w)
+            t.finish(pc.end == "stop" or len(t.resp) >= T)
+    ps.add(live, start, old_psi)
+
+
+async def smc_systems(
+    req: DecodeRequest, p: PowerParams, *, n: int, max_tokens: int, seed: int | None, calls: CountingEngine,
+    la: Lookahead | None = None,
+) -> tuple[Particles, list, np.random.Generator]:
+    """Run n particle systems to the end; returns the particles (final weights included), the
+    ESS of each system at each check, and the run's RNG (for the final draw)."""
+    dec = SuffixDecoder(req, p.alpha, calls)
     rng = request_rng(seed, RNG_TAG)
     ps = Particles(n, p.particles)
-    ess_trace: list[list[float]] = []  # per check: ESS of each system
+    ess_trace: list[list[float]] = []
     alpha_prev: float | None = None
     pos = 0
     for i, end in enumerate(checkpoints(max_tokens, p.resample_every, p.ramp_tokens)):
-        live = np.nonzero(~ps.done)[0]
+        live = ps.live()
         if live.size == 0:
             break
         a = ramp_alpha(end, p.alpha, p.ramp_tokens)
         if alpha_prev is not None and a != alpha_prev:
             ps.W += ramp_reweight(ps.cum_logp, alpha_prev, a)
         alpha_prev = a
-        seeds = spec_seeds(seed, live.size, INTERVAL_TAG, i)
-        specs = [
-            SampleSpec(prefix=prompt + ps.tokens[j], max_new_tokens=end - pos, alpha=a, seed=sd, **spec_kw)
-            for j, sd in zip(live, seeds, strict=True)
-        ]
-        ps.advance(live, await calls.sample(specs), stop)
+        await advance(ps, live, end, a, spec_seeds(seed, live.size, INTERVAL_TAG, i), dec, la, rng, max_tokens)
         pos = end
-        if pos % p.resample_every or pos >= max_tokens or ps.done.all():
+        if pos % p.resample_every or pos >= max_tokens or not ps.live().size:
             continue  # not a check (ramp step), or nothing left to decode: the final draw decides
         u = rng.random(n, dtype=np.float32)  # one per system, resampled or not: the stream stays aligned
         ess_trace.append(ps.resample(u, p.ess_threshold))
     if alpha_prev is not None and alpha_prev != p.alpha:  # ended inside the ramp
         ps.W += ramp_reweight(ps.cum_logp, alpha_prev, p.alpha)
+    return ps, ess_trace, rng
+
+
+async def run_smc(
+    req: DecodeRequest, p: PowerParams, *, n: int, max_tokens: int, seed: int | None, calls: CountingEngine,
+    la: Lookahead | None = None,
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[dict[str, Any]], dict[str, Any]]:
+    """Run n particle systems; returns ([(tokens, logp)] per system, per-system metadata,
+    run metadata)."""
+    ps, ess_trace, rng = await smc_systems(req, p, n=n, max_tokens=max_tokens, seed=seed, calls=calls, la=la)
     Wr = ps.W.reshape(n, p.particles)
     pick = categorical(Wr, rng.random(n))  # [n] particle drawn ∝ final weight
-    final_ess = ess(Wr)
-    outputs = [ps.output(r, int(pick[r])) for r in range(n)]
+    final_ess, log_z = ess(Wr), ps.log_evidence()
+    outputs = []
+    for r in range(n):
+        tr = ps.tracks[r * p.particles + int(pick[r])]
+        outputs.append((np.asarray(tr.resp, np.int64), np.asarray(tr.logp, np.float32)))
     sys_meta = [
         {"ess_trace": [t[r] for t in ess_trace], "resample_count": int(ps.resamples[r]),
-         "final_ess": float(final_ess[r])}
+         "final_ess": float(final_ess[r]), "log_evidence": float(log_z[r])}
         for r in range(n)
     ]
     meta = {
@@ -171,5 +186,6 @@ async def run_smc(
         "ess_trace": [float(np.mean(t)) for t in ess_trace],  # mean over systems, per check
         "resample_count": int(ps.resamples.sum()),  # over all systems
         "final_ess": float(final_ess.mean()),
+        "log_evidence": float(np.mean(log_z)),  # mean over systems of log Ẑ
     }
     return outputs, sys_meta, meta
