@@ -146,7 +146,6 @@ def _ts_partial_kernel(
         thresh = -float("inf")
     start = split * CHUNK
     end = tl.minimum(start + CHUNK, V)
-
     m1 = -float("inf")
     s1 = 0.0
     m2 = -float("inf")
