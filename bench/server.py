@@ -166,7 +166,7 @@ def main() -> None:
         proc.wait(timeout=30)
     hit = [line for line in metrics.splitlines() if line.startswith("temper_prefix_cache_hit_rate")]
     result = {
-        "model": a.model or "bundled tiny-chat",
+        "model": a.model or "the bundled model",
         "device": a.device,
         "cpu_threads": a.cpu_threads,
         "max_tokens": a.max_tokens,

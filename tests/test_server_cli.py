@@ -15,7 +15,7 @@ import pytest
 
 from temper.server.cli import build_parser, main
 from temper.server.config import ServerConfig
-from temper.server.models import ModelLoadError, model_specs, parse_model_spec
+from temper.server.models import BUNDLED_MODEL_NAME, ModelLoadError, model_specs, parse_model_spec
 
 
 def test_help_documents_every_config_field(capsys):
@@ -48,7 +48,7 @@ def test_model_specs():
     assert parse_model_spec("main=/models/a") == ("main", "/models/a")
     assert parse_model_spec("/models/a") == ("/models/a", "/models/a")
     assert parse_model_spec("/odd/dir=1") == ("/odd/dir=1", "/odd/dir=1")
-    assert model_specs(ServerConfig())[0][0] == "tiny-chat"
+    assert model_specs(ServerConfig())[0][0] == BUNDLED_MODEL_NAME == "demo"
     with pytest.raises(ModelLoadError, match="given twice"):
         model_specs(ServerConfig(model=["a=/x", "a=/y"]))
 
@@ -99,9 +99,9 @@ def test_serve_starts_the_bundled_model():
                 pass
             assert time.monotonic() < deadline, "server did not come up"
             time.sleep(0.2)
-        assert httpx.get(url + "/v1/models").json()["data"][0]["id"] == "tiny-chat"
+        assert httpx.get(url + "/v1/models").json()["data"][0]["id"] == BUNDLED_MODEL_NAME
         r = httpx.post(url + "/v1/completions", json={"prompt": "Hello", "max_tokens": 3}, timeout=30).json()
-        assert r["model"] == "tiny-chat" and r["usage"]["completion_tokens"] >= 1
+        assert r["model"] == BUNDLED_MODEL_NAME and r["usage"]["completion_tokens"] >= 1
     finally:
         proc.terminate()
         proc.wait(timeout=20)

@@ -16,10 +16,12 @@ from temper.server.text import ChoiceText, IncrementalDetokenizer, TokenText, te
 
 
 @pytest.fixture(scope="module")
-def tok():
-    from temper.decoding.engines.hf import DEFAULT_MODEL_PATH, HFEngine
+def tok(tiny_model_dir):
+    """The byte-level tokenizer of the tiny test model: one token per byte, which the byte
+    arithmetic below relies on (the bundled demo model's tokenizer merges words)."""
+    from temper.decoding.engines.hf import HFEngine
 
-    return HFEngine.from_pretrained(DEFAULT_MODEL_PATH, device="cpu", dtype="float32").tokenizer
+    return HFEngine.from_pretrained(tiny_model_dir, device="cpu", dtype="float32").tokenizer
 
 
 def test_multibyte_text_is_held_until_it_decodes(tok):

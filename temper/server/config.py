@@ -36,7 +36,7 @@ class ServerConfig:
         "Model to serve, as NAME=PATH or PATH (then served under the PATH as given, like vLLM). "
         "Repeatable; the first is the default model, the others can be named by requests and by "
         "strategies that need a second model (an anchor, a teacher). Without it: the small model "
-        "bundled in the package, served as 'tiny-chat'.",
+        "bundled in the package, served as 'demo'.",
         default_factory=list,
         meta={"metavar": "NAME=PATH", "repeat": True},
     )

@@ -15,7 +15,7 @@ from temper.decoding.engine import Engine
 from temper.decoding.engines.hf import DEFAULT_MODEL_PATH, EngineLoadError, HFEngine
 from temper.server.config import ServerConfig
 
-BUNDLED_MODEL_NAME = "tiny-chat"
+BUNDLED_MODEL_NAME = "demo"
 
 
 class ModelLoadError(ValueError):

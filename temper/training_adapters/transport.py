@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 @runtime_checkable
 class Transport(Protocol):
-    description: str  # for messages: "in-process (tiny-chat)", "http://127.0.0.1:8000"
+    description: str  # for messages: "in-process (demo)", "http://127.0.0.1:8000"
 
     async def default_model(self) -> str:
         """The model requests go to when they name none."""

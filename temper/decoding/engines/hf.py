@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 MAX_FAILURES = 3  # steps failing in a row before the engine gives up (healthy = False)
 
-DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[2] / "assets" / "tiny-chat"
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[2] / "assets" / "demo"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import signal
 import sys
 import threading
 
@@ -21,6 +22,8 @@ import threading
 _PREFIX = re.compile(r"^\([^)]*\)\s+[A-Z]+\s+[\d-]+\s+[\d:.]+\s+\[[^\]]*\]\s?")
 _EXC = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit)): (.+)$")
 _GENERIC = ("root cause", "stack trace", "EngineCore encountered an issue", "initialization failed")
+_WRAPPER = re.compile(r"^RuntimeError: cancelled$")  # what the engine says after its worker died
+_DIED = re.compile(r"(Worker proc \S+) died unexpectedly \(exit code: -(\d+)\)")
 
 
 class OutputTee:
@@ -72,7 +75,19 @@ class OutputTee:
         with self._lock:
             lines = list(self.lines)
         for line in reversed(lines):
-            m = _EXC.match(_PREFIX.sub("", line).strip())
-            if m and not any(g in m.group(2) for g in _GENERIC):
+            text = _PREFIX.sub("", line).strip()
+            died = _DIED.search(text)
+            if died:  # killed by a signal, so no exception line of its own: name the signal
+                return f"vLLM {died.group(1)} was killed by {signal_name(int(died.group(2)))}"
+            m = _EXC.match(text)
+            if m and not _WRAPPER.match(text) and not any(g in m.group(2) for g in _GENERIC):
                 return f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}"
         return None
+
+
+def signal_name(number: int) -> str:
+    """'SIGILL' for 4; 'signal 99' for a number the platform does not name."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

