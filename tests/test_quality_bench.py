@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from server_helpers import ServerThread
 
 from bench import quality
-from server_helpers import ServerThread
 from temper.decoding.engines.hf import DEFAULT_MODEL_PATH, HFEngine
 from temper.server.config import ServerConfig
 
