@@ -41,8 +41,8 @@ test-all: $(STAMP)
 demo-model: $(STAMP)
 	$(PY) -m tools.demo_model --threads 1
 
-# Accuracy against generated tokens of every strategy on 300 held-out demo problems (about an
-# hour on 2 cores; `$(PY) -m bench.quality --problems 20 --budget smoke` takes about a minute).
+# Accuracy against generated tokens of every strategy on 300 held-out demo problems (about 45
+# minutes on 2 cores; `$(PY) -m bench.quality --problems 20 --budget smoke` takes about a minute).
 bench-quality: $(STAMP)
 	$(PY) -m bench.quality
 
