@@ -34,12 +34,12 @@ import httpx
 
 from bench.server import free_port, start_server
 from temper.decoding.answers import extract_answer
+from temper.decoding.engines.hf import DEFAULT_MODEL_PATH
 from tools.demo_data import HASTY_OPENING, TRAIN_EXAMPLES, TRAIN_SEED, examples, heldout_problems
 
 OUT = Path(__file__).parent / "out"
 ALPHA = 4.0
 MAX_TOKENS = 320  # the longest careful solution of the default task is ~230 tokens
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "temper" / "assets" / "demo"
 
 
 @dataclass(frozen=True)
@@ -234,9 +234,6 @@ def serve(a) -> tuple[str, object | None]:
     try:
         proc = start_server(port, a.model, a.device, a.cpu_threads, extra)
     except RuntimeError as exc:
-        if a.engine and "--engine" in str(exc):
-            sys.exit(f"quality: this temper serve does not accept --engine (yet); cannot select the "
-                     f"{a.engine!r} engine. Run without --engine, or point --url at a server on that engine.\n{exc}")
         sys.exit(f"quality: the server did not start: {exc}")
     return f"http://127.0.0.1:{port}", proc
 
@@ -264,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             ap.error(f"--strategies: unknown {', '.join(sorted(unknown))}")
         cfgs = [c for c in cfgs if c.strategy in wanted]
-    model_dir = Path(a.model.split("=", 1)[-1]) if a.model else DEFAULT_MODEL_DIR
+    model_dir = Path(a.model.split("=", 1)[-1]) if a.model else DEFAULT_MODEL_PATH
     problems = heldout_problems(a.problems, exclude=training_questions(model_dir))
     url, proc = serve(a)
     model = a.model.split("=", 1)[0] if a.model else None
