@@ -91,10 +91,12 @@ def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     return (max(0.0, mid - half), min(1.0, mid + half))
 
 
+DIAGNOSTICS = ("acceptance_rate", "final_ess", "resample_count")  # power: MH acceptance, SMC ESS
+
+
 def diagnostics(decoding: dict) -> dict:
-    """The exactness diagnostics a strategy reports (power: MH acceptance, SMC ESS)."""
-    keys = ("acceptance_rate", "final_ess", "resample_count", "particles")
-    return {k: decoding[k] for k in keys if isinstance(decoding.get(k), int | float)}
+    """The exactness diagnostics a strategy reports, where it reports them."""
+    return {k: decoding[k] for k in DIAGNOSTICS if isinstance(decoding.get(k), int | float)}
 
 
 def summarise(cfg: Config, rows: list[dict], wall: float) -> dict:
@@ -109,7 +111,7 @@ def summarise(cfg: Config, rows: list[dict], wall: float) -> dict:
         "no_answer_share": sum(r["answer"] is None for r in rows) / max(n, 1),
         "wall_s": wall,
     }
-    for key in ("acceptance_rate", "final_ess", "resample_count"):
+    for key in DIAGNOSTICS:
         vals = [r["diag"][key] for r in rows if key in r["diag"]]
         if vals:
             summary[f"mean_{key}"] = sum(vals) / len(vals)

@@ -13,7 +13,7 @@ import pytest
 from temper.decoding.engine import SampleSpec
 from temper.decoding.engines.hf import DEFAULT_MODEL_PATH, HFEngine
 from tools import demo_model
-from tools.demo_data import CAREFUL_OPENINGS, HASTY_OPENING, examples
+from tools.demo_data import CAREFUL_OPENINGS, HASTY_OPENING, chat_text, examples
 from tools.demo_model import (
     GIB,
     MIB,
@@ -142,9 +142,9 @@ def test_tokenizer_batches_and_written_directory_load(tmp_path):
     write_model(out, model, tok, cfg, {"steps": 0})
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
     eng = HFEngine.from_pretrained(out, device="cpu", dtype="float32")
-    assert eng.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])[-1] == eng.tokenizer.encode(
-        "\n", add_special_tokens=False
-    )[-1]
+    # the written template renders what training saw (tools.demo_data.chat_text)
+    rendered = eng.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
+    assert list(rendered) == tok.encode(chat_text("hi")).ids
     assert set(eng.eos_ids) == {tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")}
     assert json.loads((out / "training.json").read_text())["config"]["hidden"] == 64
 

@@ -53,7 +53,7 @@ def test_a_small_run_writes_table_json_and_plot(tmp_path):
     result = json.loads((tmp_path / "quality.json").read_text())
     assert result["problems"] == 3 and [r["strategy"] for r in result["results"]] == ["greedy", "power_smc"]
     for r in result["results"]:
-        assert r["problems"] == 3 and 0 <= r["accuracy"] <= 1 and r["tokens_per_problem"] > 0
-        assert r["ci95"][0] <= r["accuracy"] <= r["ci95"][1]
+        assert r["problems"] == 3 and r["accuracy"] == r["correct"] / 3 and r["tokens_per_problem"] > 0
+        assert r["ci95"] == list(quality.wilson(r["correct"], 3))
     assert "mean_final_ess" in result["results"][1]  # the strategy's own diagnostics come through
     assert (tmp_path / "quality.md").read_text().count("\n| ") == 3 and (tmp_path / "quality.png").stat().st_size

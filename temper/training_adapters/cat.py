@@ -94,9 +94,6 @@ class ComputeAsTeacher:
         self.min_criteria, self.rubric_attempts = min_criteria, rubric_attempts
         self.rubric_max_tokens, self.judge_max_tokens = rubric_max_tokens, judge_max_tokens
 
-    def _seed(self, *path: int) -> int | None:
-        return derive_seed(self.seed, *path) if self.seed is not None else None
-
     def synthesis_config(self, texts: Sequence[str], index: int) -> RolloutConfig:
         decoding: dict[str, Any] = {
             "strategy": "synthesis",
@@ -106,10 +103,8 @@ class ComputeAsTeacher:
         }
         if self.template is not None:
             decoding["template"] = self.template
-        fields = {"n": 1, "max_tokens": self.max_tokens, "seed": self._seed(0, index), "temperature": self.temperature}
-        return RolloutConfig(
-            decoding=decoding, model=self.anchor_model, **{k: v for k, v in fields.items() if v is not None}
-        )
+        return RolloutConfig(decoding=decoding, model=self.anchor_model, n=1, max_tokens=self.max_tokens,
+                             seed=derive_seed(self.seed, 0, index), temperature=self.temperature)
 
     def references(self, questions: Sequence[Prompt], rollouts: Sequence[Sequence[str]]) -> list[Reference]:
         """One synthesised reference per question from its rollouts' texts."""
@@ -143,10 +138,10 @@ class ComputeAsTeacher:
 
     async def _rubric(self, ref: Reference, index: int) -> Rubric:
         best = Rubric((), False)
+        prompt = as_prompt([{"role": "user", "content": rubric_prompt(ref.text, self.min_criteria)}])
         for attempt in range(self.rubric_attempts):
-            fields = {"n": 1, "max_tokens": self.rubric_max_tokens, "seed": self._seed(1, index, attempt)}
-            cfg = RolloutConfig(model=self.anchor_model, temperature=self.temperature, **fields)
-            prompt = as_prompt([{"role": "user", "content": rubric_prompt(ref.text, self.min_criteria)}])
+            cfg = RolloutConfig(model=self.anchor_model, temperature=self.temperature, n=1,
+                                max_tokens=self.rubric_max_tokens, seed=derive_seed(self.seed, 1, index, attempt))
             (g,) = await self.anchor.transport.generate([prompt], cfg)
             got = parse_rubric(g.rollouts[0].text)
             if len(got.criteria) > len(best.criteria) or attempt == 0:
@@ -164,8 +159,10 @@ class ComputeAsTeacher:
         texts = _texts(rollouts, len(rubrics))
         calls: list[tuple[int, int]] = []  # (question, rollout) per judged rollout
         prompts = []
+        out = [[Reward(0.0, "empty rollout") for _ in group] for group in texts]
         for q, (group, rub) in enumerate(zip(texts, rubrics, strict=True)):
             if not rub.usable(self.min_criteria):
+                out[q] = [rubric_reward([], rub, self.min_criteria) for _ in group]
                 continue
             for r, text in enumerate(group):
                 if text.strip():
@@ -176,10 +173,6 @@ class ComputeAsTeacher:
             cfg = {"n": 1, "max_tokens": self.judge_max_tokens, "temperature": 0.0, "model": self.judge_model}
             groups = self.judge.generate(prompts, **cfg)
             verdicts = [parse_verdict(g.rollouts[0].text) for g in groups]
-        out = [[Reward(0.0, "empty rollout") for _ in group] for group in texts]
-        for q, rub in enumerate(rubrics):
-            if not rub.usable(self.min_criteria):
-                out[q] = [rubric_reward([], rub, self.min_criteria) for _ in texts[q]]
         at = 0
         for q, r in calls:
             n = len(rubrics[q].criteria)

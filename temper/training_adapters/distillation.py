@@ -24,7 +24,13 @@ from typing import Any
 import numpy as np
 
 from temper.decoding.engine import Scored
-from temper.training_adapters.distillation_math import align_to_targets, kl_advantages, masked_mean, reverse_kl
+from temper.training_adapters.distillation_math import (
+    align_to_targets,
+    completion_targets,
+    kl_advantages,
+    masked_mean,
+    reverse_kl,
+)
 from temper.training_adapters.rollout import RolloutGroup
 from temper.training_adapters.rollouts import Rollouts
 from temper.training_adapters.vocabulary import check_same
@@ -94,8 +100,9 @@ def assemble(
         per_target["sampled"][b] = align_to_targets(r.logprobs, P, width - 1)
         per_target["teacher"][b] = align_to_targets(sc.logp, P, width - 1)
         if top_k and C:
-            top_ids[b, P - 1 : P - 1 + C] = sc.top_ids
-            top_lps[b, P - 1 : P - 1 + C] = sc.top_logps
+            span = completion_targets(P, C)
+            top_ids[b, span] = sc.top_ids
+            top_lps[b, span] = sc.top_logps
     mask = per_target["mask"]
     rkl = np.where(mask > 0, reverse_kl(per_target["sampled"], per_target["teacher"]), 0.0)
     return DistillationBatch(

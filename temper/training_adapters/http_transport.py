@@ -131,6 +131,9 @@ class HTTPTransport:
                 raise ServerError(f"{self.url}/v1/models: no model listed") from None
         return self._default
 
+    async def model_or_default(self, model: str | None) -> str:
+        return model if model is not None else await self.default_model()
+
     async def logprobs_mode(self) -> str:
         """The server's --logprobs-mode; vLLM's default (raw) when it does not say."""
         if self._mode is None:
@@ -146,7 +149,7 @@ class HTTPTransport:
         return None  # the server checks each request (a 400 naming the field)
 
     async def generate(self, prompts: Sequence[PromptInput], config: RolloutConfig) -> list[RolloutGroup]:
-        model = config.model if config.model is not None else await self.default_model()
+        model = await self.model_or_default(config.model)
         has, raw_is_sampled = logprobs_plan(config)
         want = has and (raw_is_sampled or await self.logprobs_mode() == "processed_logprobs")
         return await gather_all(self.generate_one(p, config, model, want) for p in prompts)
@@ -209,7 +212,7 @@ class HTTPTransport:
         starts = [start] * len(sequences) if isinstance(start, int) else list(start)
         if len(starts) != len(sequences):
             raise ValueError("start: need one start per sequence")
-        model = model if model is not None else await self.default_model()
+        model = await self.model_or_default(model)
         # one request per run of sequences that share a start (the route takes one start)
         batches: list[list[int]] = []
         for i, s in enumerate(starts):
@@ -237,7 +240,7 @@ class HTTPTransport:
         return out
 
     async def vocabulary(self, model: str | None = None) -> Vocabulary:
-        model = model if model is not None else await self.default_model()
+        model = await self.model_or_default(model)
         text, _ = await self.request(
             "POST", "/tokenize", {"model": model, "prompt": PROBE_TEXT, "add_special_tokens": False}
         )
@@ -247,7 +250,7 @@ class HTTPTransport:
         return Vocabulary(model, tuple(text["tokens"]), tuple(chat["tokens"]))
 
     async def update_weights(self, path: str, model: str | None = None) -> int:
-        model = model if model is not None else await self.default_model()
+        model = await self.model_or_default(model)
         data, _ = await self.request("POST", "/update_weights_from_disk", {"path": str(path), "model": model})
         return int(data["weight_version"])
 

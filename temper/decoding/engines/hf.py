@@ -53,6 +53,7 @@ MAX_FAILURES = 3  # steps failing in a row before the engine gives up (healthy =
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[2] / "assets" / "demo"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CPU_AUTO_DTYPE = "float32"  # what dtype "auto" means on CPU, for every engine
 
 
 class EngineLoadError(ValueError):
@@ -63,7 +64,7 @@ def _resolve(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        dtype = "bfloat16" if device.startswith("cuda") else CPU_AUTO_DTYPE
     if dtype not in DTYPES:
         raise EngineLoadError(f"dtype: must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():

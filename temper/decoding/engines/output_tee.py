@@ -22,7 +22,7 @@ import threading
 _PREFIX = re.compile(r"^\([^)]*\)\s+[A-Z]+\s+[\d-]+\s+[\d:.]+\s+\[[^\]]*\]\s?")
 _EXC = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit)): (.+)$")
 _GENERIC = ("root cause", "stack trace", "EngineCore encountered an issue", "initialization failed")
-_WRAPPER = re.compile(r"^RuntimeError: cancelled$")  # what the engine says after its worker died
+_WRAPPERS = ("cancelled",)  # whole messages that only say a worker went away
 _DIED = re.compile(r"(Worker proc \S+) died unexpectedly \(exit code: -(\d+)\)")
 
 
@@ -78,14 +78,14 @@ class OutputTee:
             text = _PREFIX.sub("", line).strip()
             died = _DIED.search(text)
             if died:  # killed by a signal, so no exception line of its own: name the signal
-                return f"vLLM {died.group(1)} was killed by {signal_name(int(died.group(2)))}"
+                return f"vLLM {died.group(1)} was killed by {_signal_name(int(died.group(2)))}"
             m = _EXC.match(text)
-            if m and not _WRAPPER.match(text) and not any(g in m.group(2) for g in _GENERIC):
+            if m and m.group(2).strip() not in _WRAPPERS and not any(g in m.group(2) for g in _GENERIC):
                 return f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}"
         return None
 
 
-def signal_name(number: int) -> str:
+def _signal_name(number: int) -> str:
     """'SIGILL' for 4; 'signal 99' for a number the platform does not name."""
     try:
         return signal.Signals(number).name

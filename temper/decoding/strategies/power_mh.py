@@ -144,7 +144,7 @@ class MHChain:
         best = [float(isir_scores(cur, L)) + g[0]]  # i-SIR: the best known final score
 
         def hook(m: int, n: int, draw: TokenDraw, finished: bool) -> str | None:
-            if draw.log_w is None or not run.early_rejection:
+            if draw.log_w is None:
                 return None
             total[m] += draw.log_w
             if finished:
@@ -156,7 +156,8 @@ class MHChain:
             # the best score this proposal can still reach, against the best one already known
             return "abandon" if float(isir_scores(total[m], i + n + 1)) + slack + g[m + 1] <= best[0] else None
 
-        return await run.dec.decode(jobs, hook)
+        # without early rejection no hook at all: the engine then makes no per-token callback
+        return await run.dec.decode(jobs, hook if run.early_rejection else None)
 
     async def run_blocks(self, blocks: list[int]) -> None:
         p = self.run.p

@@ -25,6 +25,8 @@ SMC_ONLY = ("particles", "resample_every", "ess_threshold", "ramp_tokens")
 LOOKAHEAD_KNOBS = ("lookahead_k", "lookahead_m", "lookahead_h", "lookahead_threshold", "lookahead_rollout")
 SAMPLER_ONLY = ("jackknife", "lookahead_candidates")  # the paper's sampler (method "lookahead")
 
+DEFAULT_BLOCK_SIZE = 192  # Karan & Du's T/16 at T = 3072
+
 # Look-ahead defaults: the paper's for its own sampler (K = M = 8; H and L are not stated,
 # the public ports use 192 and 32); cheaper ones when look-ahead is a proposal inside MH/SMC,
 # where the weights correct what a short look-ahead misses (lookahead.md §2.6).
@@ -47,7 +49,7 @@ class PowerParams(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     seed: int | None = None  # overrides the request's seed
     # mh, and the block size of the paper's sampler (1 = its token-level Algorithm 1)
-    block_size: int = Field(default=192, ge=1)
+    block_size: int = Field(default=DEFAULT_BLOCK_SIZE, ge=1)
     # mh
     mcmc_steps: int = Field(default=10, ge=0, le=MAX_MCMC_STEPS)  # per block; 0 = plain proposals
     proposals: int = Field(default=1, ge=1, le=MAX_PROPOSALS)  # M per step; 1 = MH, > 1 = i-SIR
@@ -113,7 +115,7 @@ class PowerParams(BaseModel):
         ok = info.data.get("method") == "lookahead" or info.data.get("proposal") == "lookahead"
         _only(v, info, ok, "method 'lookahead' or proposal 'lookahead'")
         if info.field_name == "lookahead_threshold" and info.data.get("method") == "lookahead":
-            _only(v, info, info.data.get("block_size", 192) == 1, "method 'lookahead' with block_size 1")
+            _only(v, info, info.data.get("block_size", DEFAULT_BLOCK_SIZE) == 1, "method 'lookahead' with block_size 1")
         return v
 
     @field_validator("lookahead_eps")
@@ -126,7 +128,8 @@ class PowerParams(BaseModel):
     def _sampler(cls, v, info: ValidationInfo):
         _only(v, info, info.data.get("method") == "lookahead", "method 'lookahead'")
         if info.field_name == "lookahead_candidates":
-            _only(v, info, info.data.get("block_size", 192) > 1, "method 'lookahead' with block_size > 1")
+            block = info.data.get("block_size", DEFAULT_BLOCK_SIZE)
+            _only(v, info, block > 1, "method 'lookahead' with block_size > 1")
         return v
 
     @property
