@@ -128,7 +128,11 @@ class ServerConfig:
         "vllm: KV cache size in bytes (on CPU, instead of a fraction of RAM; default 1 GiB there).", None
     )
     device: str = _opt("Device for the HF engines: auto, cpu, cuda, cuda:N.", "auto")
-    dtype: str = _opt("Weights dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16.", "auto")
+    dtype: str = _opt(
+        "Weights dtype: auto (float32 on CPU; on GPU bfloat16 for transformers, vLLM's choice for vLLM), "
+        "float32, bfloat16, float16.",
+        "auto",
+    )
     max_batch: int = _opt("Most sequences an engine decodes in one forward pass.", 256)
     prefix_cache_tokens: int = _opt("KV prefix-cache budget per engine, in tokens (0 = off).", 65536)
     cpu_threads: int | None = _opt(
